@@ -1,0 +1,185 @@
+"""Pinhole cameras and rectified stereo pairs, as ROS camera_info describes them (no ROS import).
+
+A rectified pair from a converging stereo microscope keeps the right principal point
+``fx * B / Z0`` to the right of the left one, so depth is ``Z = fx * B / (d + cx_r - cx_l)``
+(the ``doffs`` of stereo_image_proc), with ``B = -P_right[0, 3] / fx``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from micro_perception.errors import InputError
+
+# Relative tolerance when checking that two rectified cameras share fx, fy and cy.
+_RECTIFIED_RTOL = 1e-6
+
+
+def _matrix(value, shape: tuple[int, int], name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.size != shape[0] * shape[1]:
+        raise InputError(f"{name} must have {shape[0] * shape[1]} elements, got {arr.size}")
+    arr = arr.reshape(shape)
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains NaN or Inf")
+    return arr
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """One camera: image size, K, distortion, rectification R and projection P (3x4)."""
+
+    width: int
+    height: int
+    K: np.ndarray
+    P: np.ndarray
+    D: np.ndarray = field(default_factory=lambda: np.zeros(5))
+    R: np.ndarray = field(default_factory=lambda: np.eye(3))
+    distortion_model: str = "plumb_bob"
+
+    def __post_init__(self):
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise InputError(f"camera_info.{name} must be a positive integer, got {value!r}")
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
+        object.__setattr__(self, "K", _matrix(self.K, (3, 3), "camera_info.k"))
+        object.__setattr__(self, "P", _matrix(self.P, (3, 4), "camera_info.p"))
+        object.__setattr__(self, "R", _matrix(self.R, (3, 3), "camera_info.r"))
+        D = np.asarray(self.D, dtype=np.float64).ravel()
+        if not np.all(np.isfinite(D)):
+            raise InputError("camera_info.d contains NaN or Inf")
+        object.__setattr__(self, "D", D)
+        if self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
+            raise InputError(
+                f"camera_info.k has no focal length (K[0]={self.K[0, 0]}, K[4]={self.K[1, 1]}): "
+                "the camera is not calibrated"
+            )
+        if self.P[0, 0] <= 0 or self.P[1, 1] <= 0:
+            raise InputError(
+                f"camera_info.p has no focal length (P[0]={self.P[0, 0]}, P[5]={self.P[1, 1]}): "
+                "the camera is not calibrated"
+            )
+
+    @classmethod
+    def from_pinhole(
+        cls, width: int, height: int, fx: float, fy: float, cx: float, cy: float, tx: float = 0.0
+    ) -> CameraIntrinsics:
+        """A distortion-free, rectified camera; ``tx`` is P[0, 3] (-fx * B for a right camera)."""
+        K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        P = np.array([[fx, 0.0, cx, tx], [0.0, fy, cy, 0.0], [0.0, 0.0, 1.0, 0.0]])
+        return cls(width=width, height=height, K=K, P=P)
+
+    # Rectified projection parameters: what every algorithm downstream of rectification uses.
+    @property
+    def fx(self) -> float:
+        return float(self.P[0, 0])
+
+    @property
+    def fy(self) -> float:
+        return float(self.P[1, 1])
+
+    @property
+    def cx(self) -> float:
+        return float(self.P[0, 2])
+
+    @property
+    def cy(self) -> float:
+        return float(self.P[1, 2])
+
+    @property
+    def tx(self) -> float:
+        return float(self.P[0, 3])
+
+    @property
+    def baseline(self) -> float:
+        """Baseline in metres implied by P[0, 3] = -fx * B (0 for a left/mono camera)."""
+        return -self.tx / self.fx
+
+    @property
+    def is_distorted(self) -> bool:
+        return bool(np.any(self.D != 0.0))
+
+    def scaled(self, width: int, height: int) -> CameraIntrinsics:
+        """The same camera resampled to another image size (pixel-centre convention)."""
+        sx, sy = width / self.width, height / self.height
+        S = np.diag([sx, sy, 1.0])
+        K = S @ self.K
+        K[0, 2] = (self.K[0, 2] + 0.5) * sx - 0.5
+        K[1, 2] = (self.K[1, 2] + 0.5) * sy - 0.5
+        P = S @ self.P
+        P[0, 2] = (self.P[0, 2] + 0.5) * sx - 0.5
+        P[1, 2] = (self.P[1, 2] + 0.5) * sy - 0.5
+        return CameraIntrinsics(width, height, K, P, self.D, self.R, self.distortion_model)
+
+
+@dataclass(frozen=True)
+class StereoPair:
+    """A rectified stereo pair; construction checks that the two cameras form one."""
+
+    left: CameraIntrinsics
+    right: CameraIntrinsics
+
+    def __post_init__(self):
+        left, right = self.left, self.right
+        if (left.width, left.height) != (right.width, right.height):
+            raise InputError(
+                f"stereo camera_info sizes differ: left {left.width}x{left.height}, "
+                f"right {right.width}x{right.height}"
+            )
+        if left.is_distorted or right.is_distorted:
+            raise InputError(
+                "stereo camera_info has non-zero distortion d: the pair is not rectified "
+                "(rectify with image_proc first)"
+            )
+        for name in ("fx", "fy", "cy"):
+            a, b = getattr(left, name), getattr(right, name)
+            if not np.isclose(a, b, rtol=_RECTIFIED_RTOL, atol=0.0):
+                raise InputError(
+                    f"stereo camera_info {name} differs (left {a}, right {b}): "
+                    "the pair is not rectified"
+                )
+        if left.tx != 0.0:
+            raise InputError(f"left camera_info P[3] must be 0, got {left.tx}")
+        if right.P[1, 3] != 0.0:
+            raise InputError(
+                f"right camera_info P[7] must be 0 for a horizontal pair, got {right.P[1, 3]}"
+            )
+        if not right.baseline > 0.0:
+            raise InputError(
+                f"right camera_info P[3] = {right.tx} gives no positive baseline "
+                "(expected P[3] = -fx * baseline)"
+            )
+
+    @property
+    def baseline(self) -> float:
+        return self.right.baseline
+
+    @property
+    def doffs(self) -> float:
+        """cx_right - cx_left in pixels: the disparity offset of a converging pair."""
+        return self.right.cx - self.left.cx
+
+    @property
+    def convergence_distance(self) -> float:
+        """Depth at which disparity is zero (inf for a parallel pair)."""
+        if self.doffs == 0.0:
+            return float("inf")
+        return self.left.fx * self.baseline / self.doffs
+
+    def depth_from_disparity(self, disparity: np.ndarray) -> np.ndarray:
+        """Metric depth of each disparity (pixels); NaN where the disparity is not usable."""
+        d = np.asarray(disparity, dtype=np.float64)
+        denom = d + self.doffs
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = self.left.fx * self.baseline / denom
+        return np.where(np.isfinite(d) & (denom > 0.0), z, np.nan)
+
+    def disparity_from_depth(self, depth: np.ndarray) -> np.ndarray:
+        z = np.asarray(depth, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = self.left.fx * self.baseline / z - self.doffs
+        return np.where(np.isfinite(z) & (z > 0.0), d, np.nan)

@@ -1,0 +1,103 @@
+"""Declared, described and validated ROS parameters for every node.
+
+A node lists its tunables as :class:`ParamSpec` rows. They are declared with their defaults and
+descriptions (visible in ``ros2 param describe``), checked once at start (a bad value stops the
+node with a message naming the parameter and the fix) and on every change (rejected with the
+reason; the node keeps the old value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+
+from micro_perception.errors import InputError
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+    read_only: bool = False  # only settable at start (e.g. topic names, image size)
+
+    def check(self, value) -> str | None:
+        """Why ``value`` is not acceptable, or None."""
+        if isinstance(self.default, bool) != isinstance(value, bool) or (
+            isinstance(self.default, str) != isinstance(value, str)
+        ):
+            return f"{self.name} must be {type(self.default).__name__}, got {value!r}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:  # NaN
+                return f"{self.name} must be a number, got NaN"
+            if self.min is not None and value < self.min:
+                return f"{self.name} must be >= {self.min}, got {value}"
+            if self.max is not None and value > self.max:
+                return f"{self.name} must be <= {self.max}, got {value}"
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name} must be one of {list(self.choices)}, got {value!r}"
+        return None
+
+    def descriptor(self) -> ParameterDescriptor:
+        desc = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.choices is not None:
+            desc.additional_constraints = f"one of {list(self.choices)}"
+        both = self.min is not None and self.max is not None
+        if both and isinstance(self.default, float):
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=float(self.min), to_value=float(self.max))
+            ]
+        elif both and isinstance(self.default, int) and not isinstance(self.default, bool):
+            desc.integer_range = [IntegerRange(from_value=int(self.min), to_value=int(self.max))]
+        return desc
+
+
+class Parameters:
+    """The current values of a node's parameters, kept up to date as they change."""
+
+    def __init__(self, node, specs: list[ParamSpec]):
+        self._specs = {s.name: s for s in specs}
+        self._values: dict[str, Any] = {}
+        for spec in specs:
+            node.declare_parameter(spec.name, spec.default, spec.descriptor())
+            value = node.get_parameter(spec.name).value
+            reason = spec.check(value)
+            if reason is not None:
+                raise InputError(
+                    f"parameter {reason}; fix it in the parameter file or with "
+                    f"--ros-args -p {spec.name}:=<value> (default {spec.default!r})"
+                )
+            self._values[spec.name] = value
+        node.add_on_set_parameters_callback(self._on_set)
+        node.add_post_set_parameters_callback(self._after_set)
+
+    def _on_set(self, params) -> SetParametersResult:
+        for p in params:
+            spec = self._specs.get(p.name)
+            if spec is None:
+                continue  # e.g. use_sim_time, handled by rclpy
+            reason = spec.check(p.value)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _after_set(self, params) -> None:
+        for p in params:
+            if p.name in self._specs:
+                self._values[p.name] = p.value
+
+    def __getitem__(self, name: str):
+        return self._values[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)

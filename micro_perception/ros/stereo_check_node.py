@@ -1,0 +1,138 @@
+"""stereo_check_node: receives stereo pairs through the synchroniser and verifies them.
+
+Subscribes ``left/image_raw`` and ``right/image_raw`` (plus camera_info), pairs them with
+``ApproximateTimeSynchronizer``, checks that every pair from ``stereo_pattern_node`` arrived
+bit-exact and consistent, and measures latency as ``now - header.stamp``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+
+from micro_perception.errors import InputError
+from micro_perception.pattern import pattern_index, stereo_pattern
+from micro_perception.ros.conversions import camera_infos_to_stereo, image_to_numpy
+from micro_perception.ros.params import Parameters, ParamSpec
+from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
+
+PARAMS = [
+    ParamSpec(
+        "reliability",
+        "best_effort",
+        "image subscription reliability",
+        choices=tuple(RELIABILITY),
+        read_only=True,
+    ),
+    ParamSpec("qos_depth", 5, "image subscription history depth", 1, 100, read_only=True),
+    ParamSpec("queue_size", 10, "synchroniser queue per input", 1, 1000, read_only=True),
+    ParamSpec("slop", 0.005, "largest stamp difference paired, seconds", 0.0, 1.0, read_only=True),
+    ParamSpec("disparity", 8, "pixel shift of the right pattern image", 0, 512),
+]
+
+# Latency samples kept for the percentiles.
+_LATENCY_WINDOW = 100_000
+
+
+class StereoCheckNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("stereo_check_node", **kwargs)
+        self.params = Parameters(self, PARAMS)
+        p = self.params
+        qos = image_qos(p["reliability"], p["qos_depth"])
+        self._lock = threading.Lock()
+        self.pairs = 0
+        self.exact = 0
+        self.corrupt = 0
+        self.bad_input = 0
+        self.indices: list[int] = []
+        self.latency_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self.stereo = None
+        self._info: dict[str, CameraInfo] = {}
+        left = Subscriber(self, Image, "left/image_raw", qos_profile=qos)
+        right = Subscriber(self, Image, "right/image_raw", qos_profile=qos)
+        self.sync = ApproximateTimeSynchronizer([left, right], p["queue_size"], p["slop"])
+        self.sync.registerCallback(self._on_pair)
+        self.create_subscription(
+            CameraInfo, "left/camera_info", lambda m: self._on_info("left", m), qos
+        )
+        self.create_subscription(
+            CameraInfo, "right/camera_info", lambda m: self._on_info("right", m), qos
+        )
+
+    def _on_info(self, side: str, msg: CameraInfo) -> None:
+        self._info[side] = msg
+        if self.stereo is None and len(self._info) == 2:
+            try:
+                self.stereo = camera_infos_to_stereo(self._info["left"], self._info["right"])
+            except InputError as exc:
+                self.get_logger().warning(
+                    f"camera_info pair rejected: {exc}", throttle_duration_sec=5.0
+                )
+
+    def _on_pair(self, left_msg: Image, right_msg: Image) -> None:
+        now = self.get_clock().now().nanoseconds
+        try:
+            left = image_to_numpy(left_msg)
+            right = image_to_numpy(right_msg)
+        except InputError as exc:
+            with self._lock:
+                self.bad_input += 1
+            self.get_logger().warning(f"dropped a stereo pair: {exc}", throttle_duration_sec=1.0)
+            return
+        index = pattern_index(left)
+        want_l, want_r = stereo_pattern(
+            index, left.shape[0], left.shape[1], left_msg.encoding, self.params["disparity"]
+        )
+        ok = np.array_equal(left, want_l) and np.array_equal(right, want_r)
+        stamp = left_msg.header.stamp.sec * 1_000_000_000 + left_msg.header.stamp.nanosec
+        with self._lock:
+            self.pairs += 1
+            self.exact += int(ok)
+            self.corrupt += int(not ok)
+            self.indices.append(index)
+            self.latency_ms.append((now - stamp) / 1e6)
+        if not ok:
+            self.get_logger().error(
+                f"pair {index} differs from what was sent", throttle_duration_sec=1.0
+            )
+
+    def report(self) -> dict:
+        with self._lock:
+            lat = np.asarray(self.latency_ms, dtype=np.float64)
+            expected = (max(self.indices) - min(self.indices) + 1) if self.indices else 0
+            return {
+                "pairs": self.pairs,
+                "exact": self.exact,
+                "corrupt": self.corrupt,
+                "bad_input": self.bad_input,
+                "missing": expected - len(set(self.indices)),
+                "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
+                "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
+                "latency_ms_max": float(lat.max()) if lat.size else None,
+                "baseline_m": self.stereo.baseline if self.stereo else None,
+                "convergence_m": self.stereo.convergence_distance if self.stereo else None,
+            }
+
+
+def main(args=None) -> None:
+    try:
+        with rclpy.init(args=args):
+            node = StereoCheckNode()
+            try:
+                rclpy.spin(node)
+            finally:
+                node.get_logger().info(f"report: {node.report()}")
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()
