@@ -17,6 +17,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
 from micro_perception.errors import InputError
 
@@ -69,15 +70,17 @@ class Parameters:
         self._specs = {s.name: s for s in specs}
         self._values: dict[str, Any] = {}
         for spec in specs:
-            node.declare_parameter(spec.name, spec.default, spec.descriptor())
-            value = node.get_parameter(spec.name).value
-            reason = spec.check(value)
+            try:
+                node.declare_parameter(spec.name, spec.default, spec.descriptor())
+                reason = spec.check(node.get_parameter(spec.name).value)
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+                reason = f"{spec.name} was refused by rclpy ({exc})"
             if reason is not None:
                 raise InputError(
                     f"parameter {reason}; fix it in the parameter file or with "
                     f"--ros-args -p {spec.name}:=<value> (default {spec.default!r})"
                 )
-            self._values[spec.name] = value
+            self._values[spec.name] = node.get_parameter(spec.name).value
         node.add_on_set_parameters_callback(self._on_set)
         node.add_post_set_parameters_callback(self._after_set)
 

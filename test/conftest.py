@@ -1,0 +1,54 @@
+"""Shared test setup: every run gets its own DDS domain, kept on this host, and leaves no process.
+
+Set before rclpy creates any participant, so the whole session is isolated from other ROS 2
+graphs on the machine (a developer's live robot, a parallel CI run).
+"""
+
+import os
+
+import pytest
+
+# Per-run domain: 1..101 are valid for Fast DDS on Linux; 0 (the default) is left to humans.
+os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 101)
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.pop("ROS_STATIC_PEERS", None)
+
+from micro_perception.resources import use_large_image_transport
+
+use_large_image_transport()
+
+
+def child_pids() -> list[int]:
+    """Processes whose parent is this test process."""
+    me, children = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            children.append(int(entry))
+    return children
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_process_left_behind():
+    yield
+    left = child_pids()
+    assert not left, f"tests left processes running: {left}"
+
+
+@pytest.fixture
+def ros_context():
+    """An initialised rclpy context of its own, shut down after the test."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        rclpy.shutdown(context=context)

@@ -1,0 +1,117 @@
+"""ROS 2 package metadata and the install layout a robot relies on."""
+
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from importlib.metadata import distribution
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "micro_perception"
+
+
+def test_package_xml_is_format_3_ament_python_with_every_runtime_dependency():
+    root = ET.parse(ROOT / "package.xml").getroot()
+    assert root.tag == "package" and root.get("format") == "3"
+    assert root.findtext("name") == PACKAGE
+    assert root.findtext("export/build_type") == "ament_python"
+    assert root.findtext("buildtool_depend") == "ament_python"
+    version = distribution(PACKAGE).version
+    assert root.findtext("version") == version
+    deps = {e.text for e in root.findall("exec_depend")} | {e.text for e in root.findall("depend")}
+    needed = {
+        "rclpy",
+        "sensor_msgs",
+        "std_msgs",
+        "geometry_msgs",
+        "stereo_msgs",
+        "visualization_msgs",
+        "diagnostic_msgs",
+        "message_filters",
+        "cv_bridge",
+        "python3-numpy",
+        "python3-opencv",
+    }
+    assert needed <= deps, f"package.xml lacks {sorted(needed - deps)}"
+    for tag in ("description", "maintainer", "license"):
+        assert root.findtext(tag).strip()
+
+
+def test_every_node_module_has_a_console_script_with_main():
+    scripts = {
+        ep.name: ep for ep in distribution(PACKAGE).entry_points if ep.group == "console_scripts"
+    }
+    assert scripts["micro-perception"].value == "micro_perception.cli:main"
+    node_files = sorted(p.stem for p in (ROOT / PACKAGE / "ros").glob("*_node.py"))
+    assert node_files, "no node modules found"
+    for stem in node_files:
+        assert stem in scripts, f"{stem} has no console_script"
+        assert scripts[stem].value == f"micro_perception.ros.{stem}:main"
+        assert callable(scripts[stem].load())
+
+
+def test_colcon_style_install_layout(tmp_path):
+    """Install as colcon's ament_python build does and find the package through the index."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "install"))
+    build, prefix = tmp_path / "build", tmp_path / "install"
+    build.mkdir()
+    cmd = [
+        sys.executable,
+        "setup.py",
+        "-q",
+        "egg_info",
+        "--egg-base",
+        str(build),
+        "build",
+        "--build-base",
+        str(build / "build"),
+        "install",
+        "--prefix",
+        str(prefix),
+        "--record",
+        str(build / "record.txt"),
+        "--single-version-externally-managed",
+        "install_data",
+    ]
+    done = subprocess.run(cmd, cwd=src, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+    lib = prefix / "lib" / PACKAGE
+    for exe in ("micro-perception", "stereo_pattern_node", "stereo_check_node"):
+        assert os.access(lib / exe, os.X_OK), f"{exe} is not installed under lib/{PACKAGE}"
+    share = prefix / "share" / PACKAGE
+    assert (share / "package.xml").is_file()
+    assert (share / "config" / "fastdds_large_images.xml").is_file()
+    for folder in ("launch", "models"):
+        assert (share / folder).is_dir()
+    assert (prefix / "share/ament_index/resource_index/packages" / PACKAGE).is_file()
+
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(prefix), PYTHONPATH=str(site))
+    probe = (
+        "import micro_perception.resources as r; "
+        "from ament_index_python.packages import get_package_share_directory as g; "
+        "print(g('micro_perception')); print(r.share_dir()); print(r.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    index_dir, share_dir, module = out.stdout.split()
+    assert Path(index_dir) == share == Path(share_dir)
+    assert Path(module).is_relative_to(site), "the installed copy was not the one imported"
+
+
+@pytest.mark.parametrize("folder", ["launch", "config", "models", "test", "resource"])
+def test_top_level_folders_exist(folder):
+    assert (ROOT / folder).is_dir()
