@@ -115,3 +115,32 @@ def test_colcon_style_install_layout(tmp_path):
 @pytest.mark.parametrize("folder", ["launch", "config", "models", "test", "resource"])
 def test_top_level_folders_exist(folder):
     assert (ROOT / folder).is_dir()
+
+
+@pytest.mark.skipif(
+    Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
+    reason="only meaningful inside the repository's own .venv (make test)",
+)
+def test_second_env_run_skips_the_install():
+    out = subprocess.run(
+        ["make", "-s", "env"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert "is up to date" in out.stdout and "installing" not in out.stdout
+
+
+def test_info_reports_the_ros_runtime():
+    out = subprocess.run(
+        [sys.executable, "-m", "micro_perception.cli", "info", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    info = json.loads(out.stdout)
+    assert info["rmw"] == "rmw_fastrtps_cpp"
+    assert info["stereo_sync"] in ("message_filters", "micro_perception.ros.sync")
+    assert info["torch"].startswith("2.14.1")
