@@ -4,7 +4,10 @@ Set before rclpy creates any participant, so the whole session is isolated from 
 graphs on the machine (a developer's live robot, a parallel CI run).
 """
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +55,21 @@ def ros_context():
         yield context
     finally:
         rclpy.shutdown(context=context)
+
+
+@pytest.fixture
+def cli_json():
+    """Run ``micro-perception <args> --json`` in its own process; return the parsed report."""
+
+    def run(*args: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "micro_perception.cli", *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    return run

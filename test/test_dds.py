@@ -1,8 +1,5 @@
 """Real rclpy nodes over real Fast DDS: images, stereo pairs, synchronisation, parameters."""
 
-import json
-import subprocess
-import sys
 import threading
 import time
 
@@ -175,30 +172,18 @@ def test_runtime_parameter_changes_are_validated_through_the_service(ros_context
         client_node.destroy_node()
 
 
-def test_selftest_command_reports_json():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "micro_perception.cli",
-            "selftest",
-            "--size",
-            "96",
-            "128",
-            "--frames",
-            "5",
-            "--rate",
-            "10",
-            "--reliability",
-            "reliable",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+def test_selftest_command_reports_json(cli_json):
+    report = cli_json(
+        "selftest",
+        "--size",
+        "96",
+        "128",
+        "--frames",
+        "5",
+        "--rate",
+        "10",
+        "--reliability",
+        "reliable",
     )
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
     assert report["pairs"] == 5 and report["exact"] == 5
     assert report["dds_profile"].endswith("fastdds_large_images.xml")

@@ -129,18 +129,8 @@ def test_second_env_run_skips_the_install():
     assert "is up to date" in out.stdout and "installing" not in out.stdout
 
 
-def test_info_reports_the_ros_runtime():
-    out = subprocess.run(
-        [sys.executable, "-m", "micro_perception.cli", "info", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    import json
-
-    info = json.loads(out.stdout)
+def test_info_reports_the_ros_runtime(cli_json):
+    info = cli_json("info")
     assert info["rmw"] == "rmw_fastrtps_cpp"
     assert info["stereo_sync"] in ("message_filters", "micro_perception.ros.sync")
     assert info["torch"].startswith("2.14.1")

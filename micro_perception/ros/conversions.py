@@ -95,8 +95,6 @@ def image_to_numpy(msg: Image) -> np.ndarray:
             f"{step * height}"
         )
     dtype = np.dtype(enc.dtype).newbyteorder(">" if msg.is_bigendian else "<")
-    if isinstance(data, (list, tuple)):  # a hand-built message; rclpy itself gives array('B')
-        data = bytes(data)
     shape = (height, width, enc.channels)
     strides = (step, enc.pixel_bytes, enc.itemsize)
     arr = np.ndarray(shape=shape, dtype=dtype, buffer=data, strides=strides)

@@ -52,7 +52,8 @@ class StereoCheckNode(Node):
         self.exact = 0
         self.corrupt = 0
         self.bad_input = 0
-        self.indices: list[int] = []
+        self.first_index: int | None = None
+        self.last_index: int | None = None
         self.latency_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.stereo = None
         self._info: dict[str, CameraInfo] = {}
@@ -97,7 +98,8 @@ class StereoCheckNode(Node):
             self.pairs += 1
             self.exact += int(ok)
             self.corrupt += int(not ok)
-            self.indices.append(index)
+            self.first_index = index if self.first_index is None else min(self.first_index, index)
+            self.last_index = index if self.last_index is None else max(self.last_index, index)
             self.latency_ms.append((now - stamp) / 1e6)
         if not ok:
             self.get_logger().error(
@@ -107,13 +109,14 @@ class StereoCheckNode(Node):
     def report(self) -> dict:
         with self._lock:
             lat = np.asarray(self.latency_ms, dtype=np.float64)
-            expected = (max(self.indices) - min(self.indices) + 1) if self.indices else 0
+            first, last = self.first_index, self.last_index
+            expected = 0 if first is None else last - first + 1
             return {
                 "pairs": self.pairs,
                 "exact": self.exact,
                 "corrupt": self.corrupt,
                 "bad_input": self.bad_input,
-                "missing": expected - len(set(self.indices)),
+                "missing": expected - self.pairs,
                 "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
                 "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
                 "latency_ms_max": float(lat.max()) if lat.size else None,

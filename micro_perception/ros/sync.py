@@ -54,6 +54,8 @@ class TopicSubscriber(SimpleFilter):
         return self.topic
 
     def __getattr__(self, name):
+        if name == "sub":  # not set yet: construction failed
+            raise AttributeError(name)
         return getattr(self.sub, name)
 
 

@@ -122,9 +122,6 @@ def run_transport_check(cfg: TransportCheckConfig) -> dict:
         report = checker.report()
         report["sent"] = cfg.frames
         report["seconds"] = time.monotonic() - started
-        report["mb_per_pair"] = (
-            cfg.width * cfg.height * (1 if cfg.encoding == "mono8" else 3) * 2 / 1e6
-        )
         return report
     finally:
         if proc is not None:
