@@ -1,0 +1,1 @@
+"""Focal-sweep fusion: focus measures, fusion methods and the focal buffer (no ROS)."""

@@ -1,0 +1,1 @@
+"""The virtual stereo surgical microscope: scenes, exact renderer, focal sweeps and datasets."""
