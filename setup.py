@@ -38,6 +38,7 @@ setup(
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "pyyaml>=6",
+        "tqdm>=4.66",
     ],
     extras_require={
         # ROS 2 Kilted from PyPI wheels, for machines without a ROS 2 distro.

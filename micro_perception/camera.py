@@ -103,6 +103,32 @@ class CameraIntrinsics:
     def is_distorted(self) -> bool:
         return bool(np.any(self.D != 0.0))
 
+    def to_dict(self) -> dict:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "distortion_model": self.distortion_model,
+            "K": self.K.ravel().tolist(),
+            "D": self.D.tolist(),
+            "R": self.R.ravel().tolist(),
+            "P": self.P.ravel().tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CameraIntrinsics:
+        try:
+            return cls(
+                int(d["width"]),
+                int(d["height"]),
+                d["K"],
+                d["P"],
+                d.get("D", [0.0] * 5),
+                d.get("R", np.eye(3)),
+                d.get("distortion_model", "plumb_bob"),
+            )
+        except KeyError as exc:
+            raise InputError(f"camera description lacks {exc.args[0]!r}") from None
+
     def scaled(self, width: int, height: int) -> CameraIntrinsics:
         """The same camera resampled to another image size (pixel-centre convention)."""
         sx, sy = width / self.width, height / self.height
@@ -153,6 +179,13 @@ class StereoPair:
                 f"right camera_info P[3] = {right.tx} gives no positive baseline "
                 "(expected P[3] = -fx * baseline)"
             )
+
+    def to_dict(self) -> dict:
+        return {"left": self.left.to_dict(), "right": self.right.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StereoPair:
+        return cls(CameraIntrinsics.from_dict(d["left"]), CameraIntrinsics.from_dict(d["right"]))
 
     @property
     def baseline(self) -> float:

@@ -359,25 +359,40 @@ def _level_span(radius: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
     return idx, frac, int(idx.min()), int(idx.max()) + 1
 
 
-def blur_disc(img: np.ndarray, radius: float, border=cv2.BORDER_REFLECT101) -> np.ndarray:
-    """Convolve with a disc of ``radius`` px; large discs run on a downsampled image.
+def _resampling_variance(scale: int) -> float:
+    """Per-axis variance (full-resolution px^2) that area downsampling by ``scale`` and linear
+    upsampling add to a point, measured once on a delta."""
+    n = 16 * scale
+    delta = np.zeros((n, n), np.float32)
+    delta[n // 2, n // 2] = 1.0
+    small = cv2.resize(delta, (n // scale, n // scale), interpolation=cv2.INTER_AREA)
+    back = cv2.resize(small, (n, n), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+    x = np.arange(n)
+    mean = (back.sum(0) * x).sum() / back.sum()
+    return float((back.sum(0) * (x - mean) ** 2).sum() / back.sum())
 
-    Up to 6 px the disc is applied at full resolution; beyond, at 1/2 or 1/4 resolution (the
-    blur itself removes the detail the lower resolution loses).
+
+_RESAMPLING_VAR = {scale: _resampling_variance(scale) for scale in (2, 4)}
+
+
+def blur_disc(img: np.ndarray, radius: float, border=cv2.BORDER_REFLECT101) -> np.ndarray:
+    """Convolve with a disc of ``radius`` px; larger discs run on a downsampled image.
+
+    Up to 3 px the disc is applied at full resolution; beyond, at 1/2 (up to 8 px) or 1/4 of it,
+    with the low-resolution disc shrunk so that the total second moment (disc plus resampling)
+    equals the full-resolution disc's, rho^2 / 4 per axis.
     """
     if radius <= 0:
         return img
-    scale = 1 if radius <= 6 else (2 if radius <= 14 else 4)
-    if scale == 1:
+    if radius <= 3:
         return cv2.filter2D(img, -1, disc_kernel(radius), borderType=border)
+    scale = 2 if radius <= 8 else 4
+    target_var = radius * radius / 4 - _RESAMPLING_VAR[scale]
+    small_radius = 2 * np.sqrt(max(target_var, 0.25)) / scale
     h, w = img.shape[:2]
     small = cv2.resize(img, (max(w // scale, 1), max(h // scale, 1)), interpolation=cv2.INTER_AREA)
-    small = cv2.filter2D(small, -1, disc_kernel(_nearest_level(radius / scale)), borderType=border)
+    small = cv2.filter2D(small, -1, disc_kernel(round(small_radius * 4) / 4), borderType=border)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def _nearest_level(r: float) -> float:
-    return float(_LEVELS[np.argmin(np.abs(_LEVELS - r))])
 
 
 class SurfaceBlurStack:
@@ -395,13 +410,16 @@ class SurfaceBlurStack:
     def at(self, radius: np.ndarray) -> np.ndarray:
         idx, frac, _, _ = _level_span(radius)
         n_levels, h, w, c = self.levels.shape
-        flat = self.levels.reshape(n_levels, h * w, c)
+        flat = self.levels.reshape(n_levels * h * w, c)
         pixel = np.arange(h * w)
-        lo = np.minimum(idx, n_levels - 1).ravel()
-        hi = np.minimum(idx + 1, n_levels - 1).ravel()
-        below, above = flat[lo, pixel], flat[hi, pixel]
-        f = frac.reshape(-1, 1)
-        return (below + (above - below) * f).reshape(h, w, c)
+        lo = np.minimum(idx, n_levels - 1).ravel() * (h * w) + pixel
+        hi = np.minimum(idx + 1, n_levels - 1).ravel() * (h * w) + pixel
+        out = np.take(flat, hi, axis=0)
+        below = np.take(flat, lo, axis=0)
+        out -= below
+        out *= frac.reshape(-1, 1)
+        out += below
+        return out.reshape(h, w, c)
 
 
 def defocus_surface(rgb: np.ndarray, radius: np.ndarray) -> np.ndarray:
@@ -577,7 +595,12 @@ def render_sample(
     exposure = sensor.exposure_target / max(
         np.percentile(layers["left"].retina_rgb, sensor.exposure_percentile), 1e-6
     )
-    rng = np.random.default_rng(np.random.SeedSequence([scene.seed, 1])) if noise else None
+    # SFC64: a fast generator for the many noise samples of a sweep.
+    rng = (
+        np.random.Generator(np.random.SFC64(np.random.SeedSequence([scene.seed, 1])))
+        if noise
+        else None
+    )
     eyes = {}
     for eye, lay in layers.items():
         aif = left_aif if eye == "left" else composite_aif(lay)
