@@ -39,6 +39,7 @@ setup(
         "opencv-python-headless>=4.8",
         "pyyaml>=6",
         "tqdm>=4.66",
+        "rosbags>=0.10",
     ],
     extras_require={
         # ROS 2 Kilted from PyPI wheels, for machines without a ROS 2 distro.
@@ -73,6 +74,7 @@ setup(
             "micro-perception = micro_perception.cli:main",
             "stereo_pattern_node = micro_perception.ros.stereo_pattern_node:main",
             "stereo_check_node = micro_perception.ros.stereo_check_node:main",
+            "sim_microscope_node = micro_perception.ros.sim_microscope_node:main",
         ],
     },
 )
