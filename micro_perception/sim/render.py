@@ -463,37 +463,51 @@ def defocus_layer(premult: np.ndarray, alpha: np.ndarray, radius: np.ndarray) ->
     return out
 
 
-def render_slice(
-    layers: ViewLayers,
-    optics: MicroscopeOptics,
-    focus_distance: float,
-    retina_stack: SurfaceBlurStack | None = None,
-) -> np.ndarray:
+@dataclass
+class _InstrumentLayer:
+    """What every slice of a sweep needs from the instrument layer, computed once per view."""
+
+    premult: np.ndarray  # (H, W, 3) rgb * alpha
+    alpha: np.ndarray  # (H, W)
+    depth: np.ndarray  # (H, W) instrument depth where covered, retina depth elsewhere
+
+    @classmethod
+    def of(cls, layers: ViewLayers) -> _InstrumentLayer | None:
+        if not layers.inst_alpha.any():
+            return None
+        return cls(layers.inst_rgb * layers.inst_alpha[..., None], layers.inst_alpha,
+                   np.where(layers.inst_alpha > 0, layers.inst_depth, layers.retina_depth))
+
+
+def render_slice(layers: ViewLayers, optics: MicroscopeOptics, focus_distance: float,
+                 retina_stack: SurfaceBlurStack | None = None,
+                 instrument: _InstrumentLayer | None = None) -> np.ndarray:
     """Linear RGB of the view with the focal plane at ``focus_distance`` (m)."""
     r_ret = optics.coc_diameter_px(layers.retina_depth, focus_distance) / 2
     if retina_stack is None:
         retina_stack = SurfaceBlurStack(layers.retina_rgb, float(np.nanmax(r_ret)))
     ret_rgb = retina_stack.at(r_ret)
-    if not layers.inst_alpha.any():
-        return ret_rgb
-    depth_i = np.where(layers.inst_alpha > 0, layers.inst_depth, layers.retina_depth)
-    r_inst = optics.coc_diameter_px(depth_i, focus_distance) / 2
-    premult = layers.inst_rgb * layers.inst_alpha[..., None]
-    inst = defocus_layer(premult, layers.inst_alpha, r_inst)
+    if instrument is None:
+        instrument = _InstrumentLayer.of(layers)
+        if instrument is None:
+            return ret_rgb
+    r_inst = optics.coc_diameter_px(instrument.depth, focus_distance) / 2
+    inst = defocus_layer(instrument.premult, instrument.alpha, r_inst)
     a = np.clip(inst[..., 3:], 0, 1)
     return inst[..., :3] + (1 - a) * ret_rgb
 
 
-def render_sweep(
-    layers: ViewLayers, optics: MicroscopeOptics, focus_distances: np.ndarray
-) -> list[np.ndarray]:
+def render_sweep(layers: ViewLayers, optics: MicroscopeOptics,
+                 focus_distances: np.ndarray) -> list[np.ndarray]:
     """Linear RGB slices of one view for every focal distance."""
-    r_max = max(
-        float(np.nanmax(optics.coc_diameter_px(layers.retina_depth, zf))) / 2
-        for zf in focus_distances
-    )
+    r_max = max(float(np.nanmax(optics.coc_diameter_px(layers.retina_depth, zf))) / 2
+                for zf in focus_distances)
     stack = SurfaceBlurStack(layers.retina_rgb, r_max)
-    return [render_slice(layers, optics, zf, stack) for zf in focus_distances]
+    instrument = _InstrumentLayer.of(layers)
+    if instrument is None:
+        return [stack.at(optics.coc_diameter_px(layers.retina_depth, zf) / 2)
+                for zf in focus_distances]
+    return [render_slice(layers, optics, zf, stack, instrument) for zf in focus_distances]
 
 
 def composite_aif(layers: ViewLayers) -> np.ndarray:
