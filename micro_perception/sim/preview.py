@@ -25,8 +25,9 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     scale = max(img.shape[1] / 700, 0.35)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     out[: th + base + 8, : tw + 10] //= 3  # darken a box behind the text
-    cv2.putText(out, text, (5, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(
+        out, text, (5, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
+    )
     return out
 
 

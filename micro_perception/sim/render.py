@@ -475,13 +475,20 @@ class _InstrumentLayer:
     def of(cls, layers: ViewLayers) -> _InstrumentLayer | None:
         if not layers.inst_alpha.any():
             return None
-        return cls(layers.inst_rgb * layers.inst_alpha[..., None], layers.inst_alpha,
-                   np.where(layers.inst_alpha > 0, layers.inst_depth, layers.retina_depth))
+        return cls(
+            layers.inst_rgb * layers.inst_alpha[..., None],
+            layers.inst_alpha,
+            np.where(layers.inst_alpha > 0, layers.inst_depth, layers.retina_depth),
+        )
 
 
-def render_slice(layers: ViewLayers, optics: MicroscopeOptics, focus_distance: float,
-                 retina_stack: SurfaceBlurStack | None = None,
-                 instrument: _InstrumentLayer | None = None) -> np.ndarray:
+def render_slice(
+    layers: ViewLayers,
+    optics: MicroscopeOptics,
+    focus_distance: float,
+    retina_stack: SurfaceBlurStack | None = None,
+    instrument: _InstrumentLayer | None = None,
+) -> np.ndarray:
     """Linear RGB of the view with the focal plane at ``focus_distance`` (m)."""
     r_ret = optics.coc_diameter_px(layers.retina_depth, focus_distance) / 2
     if retina_stack is None:
@@ -497,16 +504,20 @@ def render_slice(layers: ViewLayers, optics: MicroscopeOptics, focus_distance: f
     return inst[..., :3] + (1 - a) * ret_rgb
 
 
-def render_sweep(layers: ViewLayers, optics: MicroscopeOptics,
-                 focus_distances: np.ndarray) -> list[np.ndarray]:
+def render_sweep(
+    layers: ViewLayers, optics: MicroscopeOptics, focus_distances: np.ndarray
+) -> list[np.ndarray]:
     """Linear RGB slices of one view for every focal distance."""
-    r_max = max(float(np.nanmax(optics.coc_diameter_px(layers.retina_depth, zf))) / 2
-                for zf in focus_distances)
+    r_max = max(
+        float(np.nanmax(optics.coc_diameter_px(layers.retina_depth, zf))) / 2
+        for zf in focus_distances
+    )
     stack = SurfaceBlurStack(layers.retina_rgb, r_max)
     instrument = _InstrumentLayer.of(layers)
     if instrument is None:
-        return [stack.at(optics.coc_diameter_px(layers.retina_depth, zf) / 2)
-                for zf in focus_distances]
+        return [
+            stack.at(optics.coc_diameter_px(layers.retina_depth, zf) / 2) for zf in focus_distances
+        ]
     return [render_slice(layers, optics, zf, stack, instrument) for zf in focus_distances]
 
 
