@@ -17,9 +17,8 @@ from micro_perception.sim.scene import make_scene
 from micro_perception.training.datasets import FocalStackDataset
 
 
-@pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim") / "ds"
+def simulate(out, *extra):
+    """Run ``micro-perception simulate`` on a small dataset; returns the finished process."""
     cmd = [
         sys.executable,
         "-m",
@@ -36,13 +35,16 @@ def simulated(tmp_path_factory):
         "64",
         "--slices",
         "3",
-        "--workers",
-        "2",
-        "--preview",
-        str(out.parent / "preview.png"),
         "--json",
+        *extra,
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "ds"
+    done = simulate(out, "--workers", "2", "--preview", str(out.parent / "preview.png"))
     assert done.returncode == 0, done.stderr
     return out, json.loads(done.stdout)
 
@@ -101,29 +103,10 @@ def test_loader_returns_what_the_renderer_made(simulated):
 def test_resume_and_refusal_to_mix_settings(simulated, tmp_path):
     out, _ = simulated
     before = (out / "00000" / "left" / "slice_00.png").stat().st_mtime_ns
-    cmd = [
-        sys.executable,
-        "-m",
-        "micro_perception.cli",
-        "simulate",
-        "--out",
-        str(out),
-        "--samples",
-        "3",
-        "--seed",
-        "5",
-        "--size",
-        "48",
-        "64",
-        "--slices",
-        "3",
-        "--json",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    done = simulate(out)
     assert done.returncode == 0, done.stderr
     assert (out / "00000" / "left" / "slice_00.png").stat().st_mtime_ns == before
-    cmd[cmd.index("--slices") + 1] = "4"
-    clash = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    clash = simulate(out, "--slices", "4")  # the later value wins
     assert clash.returncode != 0 and "other settings (slices)" in clash.stderr
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState, Range
 from std_msgs.msg import Header
@@ -23,6 +21,7 @@ from std_msgs.msg import Header
 from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
 from micro_perception.ros.params import Parameters, ParamSpec
 from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.runner import spin_node
 from micro_perception.sim.scene import INSTRUMENT_KINDS
 from micro_perception.sim.sequence import (
     LEFT_FRAME,
@@ -142,11 +141,7 @@ class SimMicroscopeNode(Node):
 
 
 def main(args=None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(SimMicroscopeNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(SimMicroscopeNode, args)
 
 
 if __name__ == "__main__":

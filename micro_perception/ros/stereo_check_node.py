@@ -11,8 +11,6 @@ import threading
 from collections import deque
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -21,6 +19,7 @@ from micro_perception.pattern import pattern_index, stereo_pattern
 from micro_perception.ros.conversions import camera_infos_to_stereo, image_to_numpy
 from micro_perception.ros.params import Parameters, ParamSpec
 from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.runner import spin_node
 from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
 
 PARAMS = [
@@ -126,15 +125,11 @@ class StereoCheckNode(Node):
 
 
 def main(args=None) -> None:
-    try:
-        with rclpy.init(args=args):
-            node = StereoCheckNode()
-            try:
-                rclpy.spin(node)
-            finally:
-                node.get_logger().info(f"report: {node.report()}")
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(
+        StereoCheckNode,
+        args,
+        on_exit=lambda node: node.get_logger().info(f"report: {node.report()}"),
+    )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ before the real cameras (or the virtual microscope) are connected.
 
 from __future__ import annotations
 
-import rclpy
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -19,6 +17,7 @@ from micro_perception.pattern import CHANNELS, stereo_pattern
 from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
 from micro_perception.ros.params import Parameters, ParamSpec
 from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.runner import spin_node
 
 PARAMS = [
     ParamSpec("width", 640, "image width in pixels", 8, 16384, read_only=True),
@@ -117,11 +116,7 @@ class StereoPatternNode(Node):
 
 
 def main(args=None) -> None:
-    try:
-        with rclpy.init(args=args):
-            rclpy.spin(StereoPatternNode())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    spin_node(StereoPatternNode, args)
 
 
 if __name__ == "__main__":
