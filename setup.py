@@ -40,6 +40,9 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "rosbags>=0.10",
+        "scikit-image>=0.22",
+        "kornia>=0.7",
+        "tensorboard>=2.15",
     ],
     extras_require={
         # ROS 2 Kilted from PyPI wheels, for machines without a ROS 2 distro.

@@ -401,6 +401,164 @@ def cmd_make_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_fusion_weights():
+    from micro_perception.resources import share_dir
+
+    path = share_dir() / "models" / "fusion.pt"
+    return path if path.is_file() else None
+
+
+def cmd_train_fusion(args: argparse.Namespace) -> int:
+    """Train the fusion network on focal stacks with all-in-focus ground truth."""
+    from micro_perception.training.fusion_train import FusionTrainConfig, train_fusion
+
+    cfg = FusionTrainConfig(
+        data=args.data,
+        val=args.val,
+        out=args.out,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        crop=args.size,
+        crops_per_stack=args.crops_per_stack,
+        workers=args.workers,
+        device=args.device,
+        seed=args.seed,
+        log_dir=args.log_dir,
+        resume=args.resume,
+        vgg_weights=args.vgg_weights,
+    )
+    if args.vgg_weights:
+        cfg.loss.perceptual = args.perceptual_weight
+    result = train_fusion(cfg)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return 0
+
+
+def cmd_eval_fusion(args: argparse.Namespace) -> int:
+    """Score the fusion network and the classical baselines against ground truth."""
+    from micro_perception.training.common import pick_device
+    from micro_perception.training.fusion_eval import evaluate_fusion
+
+    weights = args.weights or _default_fusion_weights()
+    methods = args.methods
+    if weights is None and "net" in methods:
+        methods = [m for m in methods if m != "net"]
+        print(
+            "no fusion weights found (models/fusion.pt or --weights): scoring baselines only",
+            file=sys.stderr,
+        )
+    result = evaluate_fusion(
+        args.data, methods, weights, pick_device(args.device), args.limit, progress=not args.json
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    meta = result.pop("_meta")
+    dff = result.pop("depth_from_focus", None)
+    print(
+        f"{meta['stacks']} stacks from {meta['data']} on {meta['device']} "
+        f"({meta['threads']} threads); SSIM/PSNR vs ground truth, data_range 1.0"
+    )
+    print(f"  {'method':<10} {'SSIM':>7} {'PSNR dB':>8} {'ms/stack':>9}")
+    for name, r in sorted(result.items(), key=lambda kv: -kv[1]["psnr"]):
+        print(f"  {name:<10} {r['ssim']:7.4f} {r['psnr']:8.2f} {r['ms']:9.1f}")
+    if dff:
+        conf = dff["rmse_um_confident"]
+        line = f"  depth from focus: RMSE {dff['rmse_um']:.0f} um over all pixels"
+        if conf is not None:
+            line += (
+                f", {conf:.0f} um over the {100 * dff['confident_fraction']:.0f} % "
+                "it is confident about"
+            )
+        print(line)
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    """Fuse a focal stack of image files into one all-in-focus image."""
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from micro_perception.errors import InputError
+    from micro_perception.fusion.classical import METHODS as CLASSICAL
+    from micro_perception.fusion.focus import depth_from_focus, sum_modified_laplacian
+    from micro_perception.fusion.network import load_fusion_net
+    from micro_perception.sim.dataset import IMAGE_SUFFIXES
+    from micro_perception.training.common import pick_device
+
+    paths = []
+    for item in args.slices:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(p)
+    if len(paths) < 2:
+        raise InputError(f"a focal stack needs at least 2 slices, got {len(paths)}")
+    images = []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise InputError(f"{p} is not a readable image")
+        if img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        if img.shape[2] == 4:
+            img = img[..., :3]
+        if images and img.shape != images[0].shape:
+            raise InputError(
+                f"{p} is {img.shape[1]}x{img.shape[0]} ({img.dtype}), but "
+                f"{paths[0]} is {images[0].shape[1]}x{images[0].shape[0]}"
+            )
+        if images and img.dtype != images[0].dtype:
+            raise InputError(f"{p} is {img.dtype}, but {paths[0]} is {images[0].dtype}")
+        images.append(img[..., ::-1])
+    scale = 65535.0 if images[0].dtype == np.uint16 else 255.0
+    device = pick_device(args.device)
+    stack = torch.from_numpy(np.stack(images).astype(np.float32) / scale)
+    stack = stack.permute(0, 3, 1, 2)[None].to(device)
+    if args.method == "net":
+        weights = args.weights or _default_fusion_weights()
+        if weights is None:
+            raise InputError(
+                "no fusion weights (models/fusion.pt): pass --weights or choose "
+                "--method sml|laplacian|guided"
+            )
+        fuse = load_fusion_net(weights, device)
+    else:
+        fuse = CLASSICAL[args.method]
+    with torch.inference_mode():
+        out = fuse(stack).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+    dtype = images[0].dtype
+    result = np.round(out * scale).astype(dtype)[..., ::-1]
+    if not cv2.imwrite(args.out, result):
+        raise InputError(f"could not write {args.out}")
+    print(
+        f"fused {len(paths)} slices ({images[0].shape[1]}x{images[0].shape[0]}, {dtype}) "
+        f"with {args.method} -> {args.out}"
+    )
+    if args.depth_out:
+        if not args.focus or len(args.focus) != len(paths):
+            raise InputError(
+                f"--depth-out needs --focus with one distance per slice ({len(paths)})"
+            )
+        with torch.inference_mode():
+            volume = sum_modified_laplacian(stack, window=9)
+            z = torch.tensor(args.focus, dtype=torch.float64, device=device)[None]
+            depth, conf = depth_from_focus(volume, z)
+        depth = depth[0].cpu().numpy().astype(np.float32)
+        depth[conf[0].cpu().numpy() < args.min_confidence] = np.nan
+        np.save(args.depth_out, depth, allow_pickle=False)
+        print(
+            f"depth from focus -> {args.depth_out} (float32, units of --focus, NaN where "
+            f"confidence < {args.min_confidence})"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="micro-perception",
@@ -454,6 +612,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sequence_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_make_bag)
+    train = sub.add_parser("train", help="train a network").add_subparsers(
+        dest="net", required=True
+    )
+    p = train.add_parser("fusion", help=cmd_train_fusion.__doc__)
+    p.add_argument("--data", required=True, help="training focal stacks (dataset folder)")
+    p.add_argument("--val", help="validation focal stacks")
+    p.add_argument("--out", required=True, help="weights file of the best network")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--size", type=int, default=128, help="training crop size, px")
+    p.add_argument("--crops-per-stack", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-dir", help="TensorBoard folder (default: beside --out)")
+    p.add_argument("--resume", help="checkpoint to continue from (OUT.ckpt)")
+    p.add_argument("--vgg-weights", help="local torchvision vgg16 state dict: perceptual loss")
+    p.add_argument("--perceptual-weight", type=float, default=0.05)
+    p.set_defaults(func=cmd_train_fusion)
+    ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
+        dest="net", required=True
+    )
+    p = ev.add_parser("fusion", help=cmd_eval_fusion.__doc__)
+    p.add_argument("--data", required=True)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["net", "sml", "laplacian", "guided"],
+        choices=["net", "sml", "laplacian", "guided"],
+    )
+    p.add_argument("--weights", help="fusion weights (default: the shipped models/fusion.pt)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, help="score only the first N stacks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_fusion)
+    p = sub.add_parser("fuse", help=cmd_fuse.__doc__)
+    p.add_argument("slices", nargs="+", help="slice images, or a folder of them (sorted)")
+    p.add_argument("--out", required=True, help="output image (same bit depth as the input)")
+    p.add_argument("--method", default="net", choices=["net", "sml", "laplacian", "guided"])
+    p.add_argument("--weights", help="fusion weights (default: the shipped models/fusion.pt)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--depth-out", help="also write depth from focus (.npy) here")
+    p.add_argument("--focus", nargs="+", type=float, help="focal distance of each slice")
+    p.add_argument("--min-confidence", type=float, default=0.5)
+    p.set_defaults(func=cmd_fuse)
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     _add_transport_args(p, frames=100, size=(1080, 1920))
     p.add_argument("--out", default="demo_out", help="folder for the demo's files")
@@ -462,8 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from micro_perception.errors import InputError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"micro-perception {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -49,5 +49,66 @@ def sum_modified_laplacian(
     shape = ml.shape
     x = ml.reshape(-1, 1, shape[-2], shape[-1])
     x = F.pad(x, (window // 2,) * 4, mode="replicate")
-    summed = F.avg_pool2d(x, window, stride=1) * (window * window)
-    return summed.reshape(shape)
+    # Separable window sum: two 1-D passes instead of window^2 additions per pixel.
+    summed = F.avg_pool2d(F.avg_pool2d(x, (window, 1), stride=1), (1, window), stride=1)
+    return (summed * (window * window)).reshape(shape)
+
+
+def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window of (N, C, H, W), edges averaging only pixels inside the image.
+
+    Integral images: O(1) per pixel whatever the radius (guided filters use r = 45).
+    """
+    if radius <= 0:
+        return x
+    h, w = x.shape[-2:]
+
+    def cum(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+        pad = [0, 0, 0, 0]
+        pad[2 * (3 - dim) + 0] = 1  # one leading zero along dim
+        s = F.pad(t.cumsum(dim), pad)
+        idx = torch.arange(size, device=t.device)
+        hi = (idx + radius + 1).clamp(max=size)
+        lo = (idx - radius).clamp(min=0)
+        return s.index_select(dim, hi) - s.index_select(dim, lo)
+
+    ones = torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device)
+    total = cum(cum(x, 2, h), 3, w)
+    count = cum(cum(ones, 2, h), 3, w)
+    return total / count
+
+
+def depth_from_focus(
+    focus_volume: torch.Tensor, focus_distances: torch.Tensor, texture_threshold: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel depth (m) and confidence in [0, 1] from a (..., K, H, W) focus volume.
+
+    The peak slice is refined by a Gaussian fit through the peak and its two neighbours (a
+    parabola on log focus), and mapped onto the (possibly uneven) focal distances (..., K).
+    Confidence is how much the peak stands above the stack's median focus, scaled down where
+    there is no texture to judge by.
+    """
+    k = focus_volume.shape[-3]
+    if k < 2:
+        raise ValueError("depth from focus needs at least 2 slices")
+    fv = focus_volume.clamp_min(1e-12)
+    peak = fv.argmax(dim=-3, keepdim=True)
+    lo = (peak - 1).clamp(min=0)
+    hi = (peak + 1).clamp(max=k - 1)
+    log_fv = fv.log()
+    l0, l1, l2 = (log_fv.gather(-3, i) for i in (lo, peak, hi))
+    denom = l0 - 2 * l1 + l2
+    offset = torch.where(denom < -1e-12, 0.5 * (l0 - l2) / denom, torch.zeros_like(denom))
+    interior = (peak > 0) & (peak < k - 1)
+    offset = torch.where(interior, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+    z = focus_distances.to(fv.dtype)
+    z = z.reshape(*z.shape, 1, 1).expand(*z.shape, *fv.shape[-2:])
+    z_peak = z.gather(-3, peak)
+    step_up = z.gather(-3, hi) - z_peak
+    step_down = z_peak - z.gather(-3, lo)
+    depth = z_peak + torch.where(offset >= 0, offset * step_up, offset * step_down)
+    f_max = l1.exp()
+    median = fv.median(dim=-3, keepdim=True).values
+    texture = f_max / (f_max + texture_threshold)
+    confidence = ((f_max - median) / f_max) * texture
+    return depth.squeeze(-3), confidence.squeeze(-3)
