@@ -401,13 +401,6 @@ def cmd_make_bag(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_fusion_weights():
-    from micro_perception.resources import share_dir
-
-    path = share_dir() / "models" / "fusion.pt"
-    return path if path.is_file() else None
-
-
 def cmd_train_fusion(args: argparse.Namespace) -> int:
     """Train the fusion network on focal stacks with all-in-focus ground truth."""
     from micro_perception.training.fusion_train import FusionTrainConfig, train_fusion
@@ -437,10 +430,11 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
 
 def cmd_eval_fusion(args: argparse.Namespace) -> int:
     """Score the fusion network and the classical baselines against ground truth."""
+    from micro_perception.fusion.fuser import default_fusion_weights
     from micro_perception.training.common import pick_device
     from micro_perception.training.fusion_eval import evaluate_fusion
 
-    weights = args.weights or _default_fusion_weights()
+    weights = args.weights or default_fusion_weights()
     methods = args.methods
     if weights is None and "net" in methods:
         methods = [m for m in methods if m != "net"]
@@ -481,14 +475,10 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     import cv2
     import numpy as np
-    import torch
 
     from micro_perception.errors import InputError
-    from micro_perception.fusion.classical import METHODS as CLASSICAL
-    from micro_perception.fusion.focus import depth_from_focus, sum_modified_laplacian
-    from micro_perception.fusion.network import load_fusion_net
+    from micro_perception.fusion.fuser import Fuser
     from micro_perception.sim.dataset import IMAGE_SUFFIXES
-    from micro_perception.training.common import pick_device
 
     paths = []
     for item in args.slices:
@@ -504,53 +494,30 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise InputError(f"{p} is not a readable image")
-        if img.ndim == 2:
-            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-        if img.shape[2] == 4:
-            img = img[..., :3]
-        if images and img.shape != images[0].shape:
+        if img.ndim == 3:
+            img = img[..., 2::-1]  # BGR(A) -> RGB
+        if images and (img.shape != images[0].shape or img.dtype != images[0].dtype):
             raise InputError(
-                f"{p} is {img.shape[1]}x{img.shape[0]} ({img.dtype}), but "
-                f"{paths[0]} is {images[0].shape[1]}x{images[0].shape[0]}"
+                f"{p} is {img.shape[1]}x{img.shape[0]} {img.dtype}, but "
+                f"{paths[0]} is {images[0].shape[1]}x{images[0].shape[0]} "
+                f"{images[0].dtype}: all slices must match"
             )
-        if images and img.dtype != images[0].dtype:
-            raise InputError(f"{p} is {img.dtype}, but {paths[0]} is {images[0].dtype}")
-        images.append(img[..., ::-1])
-    scale = 65535.0 if images[0].dtype == np.uint16 else 255.0
-    device = pick_device(args.device)
-    stack = torch.from_numpy(np.stack(images).astype(np.float32) / scale)
-    stack = stack.permute(0, 3, 1, 2)[None].to(device)
-    if args.method == "net":
-        weights = args.weights or _default_fusion_weights()
-        if weights is None:
-            raise InputError(
-                "no fusion weights (models/fusion.pt): pass --weights or choose "
-                "--method sml|laplacian|guided"
-            )
-        fuse = load_fusion_net(weights, device)
-    else:
-        fuse = CLASSICAL[args.method]
-    with torch.inference_mode():
-        out = fuse(stack).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
-    dtype = images[0].dtype
-    result = np.round(out * scale).astype(dtype)[..., ::-1]
-    if not cv2.imwrite(args.out, result):
+        images.append(img)
+    stack = np.stack(images)
+    fuser = Fuser(args.method, args.device, args.weights)
+    fused = fuser(stack)
+    if not cv2.imwrite(args.out, fused[..., ::-1] if fused.ndim == 3 else fused):
         raise InputError(f"could not write {args.out}")
     print(
-        f"fused {len(paths)} slices ({images[0].shape[1]}x{images[0].shape[0]}, {dtype}) "
-        f"with {args.method} -> {args.out}"
+        f"fused {len(paths)} slices ({stack.shape[2]}x{stack.shape[1]}, {stack.dtype}) "
+        f"with {args.method} on {fuser.device} -> {args.out}"
     )
     if args.depth_out:
         if not args.focus or len(args.focus) != len(paths):
             raise InputError(
                 f"--depth-out needs --focus with one distance per slice ({len(paths)})"
             )
-        with torch.inference_mode():
-            volume = sum_modified_laplacian(stack, window=9)
-            z = torch.tensor(args.focus, dtype=torch.float64, device=device)[None]
-            depth, conf = depth_from_focus(volume, z)
-        depth = depth[0].cpu().numpy().astype(np.float32)
-        depth[conf[0].cpu().numpy() < args.min_confidence] = np.nan
+        depth = fuser.focus_depth(stack, np.asarray(args.focus), args.min_confidence)
         np.save(args.depth_out, depth, allow_pickle=False)
         print(
             f"depth from focus -> {args.depth_out} (float32, units of --focus, NaN where "

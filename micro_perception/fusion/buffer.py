@@ -23,6 +23,7 @@ class Slice:
     image: np.ndarray
     focus: float | None = None  # focal-plane distance, m
     encoding: str = "rgb8"
+    meta: object = None  # whatever the caller needs back with the stack (e.g. the header)
 
 
 @dataclass
@@ -108,3 +109,72 @@ class FocalBuffer:
             del self._slices[:excess]
             self.dropped += excess
         return done, note
+
+
+class FocusMatcher:
+    """Pairs slices with focus positions by stamp, whichever arrives first.
+
+    Until a focus stream has been seen, slices pass straight through without focus. Once it
+    has, a slice whose focus has not arrived yet waits (at most ``max_wait_ns`` and
+    ``max_pending`` slices), then goes on without focus.
+    """
+
+    def __init__(
+        self,
+        tolerance_ns: int = 1_000_000,
+        max_wait_ns: int = 500_000_000,
+        history: int = 256,
+        max_pending: int = 32,
+    ):
+        self.tolerance_ns = tolerance_ns
+        self.max_wait_ns = max_wait_ns
+        self.history = history
+        self.max_pending = max_pending
+        self._focus: dict[int, float] = {}
+        self._pending: list[Slice] = []
+        self.unmatched = 0
+
+    @property
+    def has_focus_stream(self) -> bool:
+        return bool(self._focus)
+
+    def _lookup(self, stamp_ns: int) -> float | None:
+        if stamp_ns in self._focus:
+            return self._focus[stamp_ns]
+        near = [t for t in self._focus if abs(t - stamp_ns) <= self.tolerance_ns]
+        return self._focus[min(near, key=lambda t: abs(t - stamp_ns))] if near else None
+
+    def add_focus(self, stamp_ns: int, position: float) -> list[Slice]:
+        """Record a focus position; returns pending slices that are now matched, in order."""
+        self._focus[stamp_ns] = position
+        while len(self._focus) > self.history:
+            del self._focus[min(self._focus)]
+        ready = []
+        while self._pending:
+            z = self._lookup(self._pending[0].stamp_ns)
+            if z is None:
+                break
+            sl = self._pending.pop(0)
+            sl.focus = z
+            ready.append(sl)
+        return ready
+
+    def add_slice(self, sl: Slice) -> list[Slice]:
+        """A new slice; returns the slices ready to buffer, in order."""
+        ready = []
+        z = self._lookup(sl.stamp_ns) if self._focus else None
+        if z is not None and not self._pending:
+            sl.focus = z
+            return [sl]
+        if not self._focus:
+            return [sl]
+        self._pending.append(sl)
+        while self._pending and (
+            len(self._pending) > self.max_pending
+            or sl.stamp_ns - self._pending[0].stamp_ns > self.max_wait_ns
+        ):
+            late = self._pending.pop(0)
+            late.focus = self._lookup(late.stamp_ns)
+            self.unmatched += late.focus is None
+            ready.append(late)
+        return ready

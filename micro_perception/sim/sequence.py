@@ -79,6 +79,7 @@ class Pose:
     left_slices: np.ndarray  # (K, H, W, 3) uint8
     right_slices: np.ndarray
     left_depth: np.ndarray  # (H, W) float32, m
+    left_aif: np.ndarray  # (H, W, 3) uint8, the all-in-focus ground truth
     gap_normal: float  # m (inf: no instrument)
     gap_axial: float
 
@@ -117,8 +118,8 @@ class Sequence:
                 )
                 for eye in ("left", "right")
             }
-            depth = read_ground_truth(d / "left")["depth"]
-            poses.append(Pose(stack["left"], stack["right"], depth, *gaps))
+            gt = read_ground_truth(d / "left")
+            poses.append(Pose(stack["left"], stack["right"], gt["depth"], gt["aif"], *gaps))
         return cls(config, optics, poses, np.asarray(info["focus_distances_m"]))
 
     @staticmethod

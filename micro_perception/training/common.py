@@ -11,16 +11,7 @@ import torch
 import torch.distributed as dist
 
 from micro_perception.errors import InputError
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device cuda was asked for, but torch sees no CUDA device")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise InputError(f"device must be auto, cpu or cuda[:N], got {name!r}")
-    return torch.device(name)
+from micro_perception.inference import pick_device  # noqa: F401 - re-exported
 
 
 @dataclass
