@@ -79,6 +79,7 @@ setup(
             "stereo_check_node = micro_perception.ros.stereo_check_node:main",
             "sim_microscope_node = micro_perception.ros.sim_microscope_node:main",
             "focal_fusion_node = micro_perception.ros.focal_fusion_node:main",
+            "fusion_check_node = micro_perception.ros.fusion_check_node:main",
         ],
     },
 )

@@ -115,8 +115,8 @@ def test_network_is_slice_order_invariant_and_takes_any_count():
     torch.testing.assert_close(out, shuffled, atol=1e-5, rtol=1e-5)
 
 
-def test_network_output_is_a_convex_blend_of_input_pixels():
-    net = FusionNet().eval()
+def test_convex_network_output_is_a_blend_of_input_pixels():
+    net = FusionNet(FusionNetConfig(kernel=3, kernel_mode="convex")).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.5)
@@ -202,3 +202,20 @@ def test_buffer_parameters_are_checked():
         FocalBuffer(slices_per_stack=1)
     with pytest.raises(InputError):
         FocalBuffer(slices_per_stack=8, max_buffered=4)
+
+
+def test_affine_kernels_sum_to_one_keep_flat_colours_and_may_sharpen():
+    torch.manual_seed(1)
+    net = FusionNet(FusionNetConfig(kernel=5, kernel_mode="affine")).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.1)  # moderate logits, as a trained network has
+        stack = torch.rand(1, 4, 3, 32, 32)
+        slice_w, kernel = net.weights(stack)
+        torch.testing.assert_close(slice_w.sum(dim=1), torch.ones_like(slice_w[:, 0]))
+        torch.testing.assert_close(kernel.sum(dim=1), torch.ones_like(kernel[:, 0]))
+        assert kernel.shape[1] == 25 and kernel.min() < 0  # negative taps: sharpening
+        grey = torch.full((1, 4, 3, 32, 32), 0.42)
+        torch.testing.assert_close(net(grey), torch.full((1, 3, 32, 32), 0.42))
+    with pytest.raises(ValueError):
+        FusionNetConfig(kernel_mode="magic")

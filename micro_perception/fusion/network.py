@@ -9,10 +9,12 @@ predicts how to blend the input pixels into the all-in-focus image (no ROS).
 * **Cross-slice comparison.** At each scale, every slice's features are joined with the max and
   the mean over all slices. This is symmetric, so the order of the slices does not matter.
 * **Blend of input pixels.** The decoder predicts per-pixel softmax weights over the K slices
-  (sharpened at full resolution by the focus maps) and a per-pixel 3x3 smoothing kernel applied
-  to that blend. Both are convex, so the output is a convex combination of input pixels:
-  colours are never invented (the report's identity loss holds by construction), the sharp
-  slice is selected at edges, and flat areas average away sensor noise.
+  (sharpened at full resolution by the focus maps) and a per-pixel 5x5 kernel applied to that
+  blend, its weights summing to one. Flat colours are reproduced exactly (the report's identity
+  loss holds by construction), the sharp slice is selected at edges, flat areas average away
+  sensor noise, and negative taps sharpen what no slice shows in focus (an instrument shaft
+  between two focal planes). ``kernel_mode="convex"`` keeps every weight positive instead: a
+  pure convex blend that can smooth but never sharpen (models/fusion.md compares the two).
 * **Cheap at full resolution.** The trunk runs at 1/4 to 1/16 of the image size; full
   resolution only sees the focus maps, a 1x1 guide, two upsamplings and the blend.
 """
@@ -31,17 +33,27 @@ from micro_perception.fusion.focus import sum_modified_laplacian
 @dataclass(frozen=True)
 class FusionNetConfig:
     widths: tuple[int, int, int] = (16, 32, 48)  # at 1/4, 1/8, 1/16 resolution
-    kernel: int = 3  # spatial neighbourhood of the smoothing kernel
+    kernel: int = 5  # spatial neighbourhood of the per-pixel kernel
+    # convex: softmax weights (smooths, never overshoots); affine: weights summing to one that
+    # may be negative, so the kernel can also sharpen residual defocus (flat colours stay exact).
+    kernel_mode: str = "affine"
     sml_window: int = 5
     sml_threshold: float = 0.002
     sml_log_scale: float = 200.0
+
+    def __post_init__(self):
+        if self.kernel_mode not in ("convex", "affine"):
+            raise ValueError(f"kernel_mode must be convex or affine, got {self.kernel_mode!r}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and >= 1, got {self.kernel}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> FusionNetConfig:
-        return cls(**{**d, "widths": tuple(d.get("widths", cls.widths))})
+        # Files written before kernel_mode existed hold convex networks.
+        return cls(**{"kernel_mode": "convex", **d, "widths": tuple(d.get("widths", cls.widths))})
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -104,7 +116,8 @@ class FusionNet(nn.Module):
         self.guide_bias = nn.Parameter(torch.zeros(1))
 
     def weights(self, stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slice weights (B, K, 1, H, W) and smoothing kernel (B, taps, H, W), both softmaxed."""
+        """Slice weights (B, K, 1, H, W), softmaxed, and the per-pixel kernel (B, taps, H, W),
+        summing to one."""
         b, k, _, h, w = stack.shape
         x = self.fmb(stack)
         flat = x.reshape(b * k, 5, h, w)
@@ -119,6 +132,9 @@ class FusionNet(nn.Module):
         slice_logits = _up(self.slice_head(d1.flatten(0, 1)), (h, w)) + guide + self.guide_bias
         slice_w = torch.softmax(slice_logits.reshape(b, k, 1, h, w), dim=1)
         kernel = _up(self.kernel_head(d1.mean(dim=1)), (h, w))
+        if self.cfg.kernel_mode == "affine":
+            taps = kernel.shape[1]
+            return slice_w, kernel - kernel.mean(dim=1, keepdim=True) + 1.0 / taps
         return slice_w, torch.softmax(kernel, dim=1)
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:

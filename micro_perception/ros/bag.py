@@ -175,6 +175,7 @@ def write_sequence_bag(
             bag.write(topic["right_info"], m.camera_info(right_cam, t, RIGHT_FRAME), t)
             bag.write(topic["focus"], m.joint_state(["focus"], [f.focus_distance], t), t)
             bag.write(topic["gt_depth"], m.image(f.pose.left_depth, "32FC1", t, LEFT_FRAME), t)
+            bag.write(topic["gt_aif"], m.image(f.pose.left_aif, "rgb8", t, LEFT_FRAME), t)
             gap = ground_truth_distance(f.pose, distance_mode)
             bag.write(topic["gt_distance"], m.range(gap, t, LEFT_FRAME), t)
             if progress:

@@ -4,7 +4,8 @@ Publishes ``left/image_raw``, ``right/image_raw`` (rgb8), both ``camera_info`` a
 (sensor_msgs/JointState, position[0] = focal-plane distance in m): focus sweeps of ``slices``
 slices repeating at ``sweep_rate``, while an instrument approaches the retina, hovers and
 retracts every ``period`` seconds. Each slice's images, camera_info and focus share one stamp.
-Ground truth for evaluation: ``ground_truth/depth`` (32FC1, left camera, m) and
+Ground truth for evaluation, on the same stamps: ``ground_truth/depth`` (32FC1, left camera, m),
+``ground_truth/left_aif`` (rgb8, the all-in-focus left image) and
 ``ground_truth/retina_distance`` (sensor_msgs/Range, m; +inf when no instrument, REP 117).
 
 The sequence is rendered once per parameter set and cached on disk, then played at any rate.
@@ -101,6 +102,7 @@ class SimMicroscopeNode(Node):
             "right_info": self.create_publisher(CameraInfo, TOPICS["right_info"], qos),
             "focus": self.create_publisher(JointState, TOPICS["focus"], qos),
             "gt_depth": self.create_publisher(Image, TOPICS["gt_depth"], qos),
+            "gt_aif": self.create_publisher(Image, TOPICS["gt_aif"], qos),
             "gt_distance": self.create_publisher(Range, TOPICS["gt_distance"], qos),
         }
         self.n = 0
@@ -127,6 +129,7 @@ class SimMicroscopeNode(Node):
         pub["right_image"].publish(numpy_to_image(frame.right, "rgb8", right_h))
         if self.params["publish_ground_truth"]:
             pub["gt_depth"].publish(numpy_to_image(frame.pose.left_depth, "32FC1", left_h))
+            pub["gt_aif"].publish(numpy_to_image(frame.pose.left_aif, "rgb8", left_h))
             gap = ground_truth_distance(frame.pose, self.params["distance_mode"])
             pub["gt_distance"].publish(
                 Range(

@@ -8,9 +8,6 @@ checker runs here. Used by ``micro-perception selftest`` and, until the pipeline
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +16,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
+from micro_perception.ros.processes import start_node, stop_process
 from micro_perception.ros.stereo_check_node import StereoCheckNode
 from micro_perception.ros.stereo_pattern_node import StereoPatternNode
 
@@ -47,32 +45,6 @@ def _pattern_overrides(cfg: TransportCheckConfig) -> dict:
     }
 
 
-def _start_publisher_process(cfg: TransportCheckConfig) -> subprocess.Popen:
-    args = [
-        sys.executable,
-        "-m",
-        "micro_perception.ros.stereo_pattern_node",
-        "--ros-args",
-        "-r",
-        f"__ns:={cfg.namespace}",
-        "--log-level",
-        "warn",
-    ]
-    for name, value in _pattern_overrides(cfg).items():
-        args += ["-p", f"{name}:={value}"]
-    return subprocess.Popen(args, env=dict(os.environ), start_new_session=True)
-
-
-def _stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def run_transport_check(cfg: TransportCheckConfig) -> dict:
     """Send ``cfg.frames`` pattern pairs and return what arrived (see StereoCheckNode.report)."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -91,7 +63,7 @@ def run_transport_check(cfg: TransportCheckConfig) -> dict:
         nodes.append(checker)
         executor.add_node(checker)
         if cfg.separate_process:
-            proc = _start_publisher_process(cfg)
+            proc = start_node("stereo_pattern_node", cfg.namespace, _pattern_overrides(cfg))
         else:
             overrides = [Parameter(k, value=v) for k, v in _pattern_overrides(cfg).items()]
             publisher = StereoPatternNode(
@@ -125,7 +97,7 @@ def run_transport_check(cfg: TransportCheckConfig) -> dict:
         return report
     finally:
         if proc is not None:
-            _stop_process(proc)
+            stop_process(proc)
         executor.shutdown(timeout_sec=2.0)
         if spin_thread is not None:
             spin_thread.join(timeout=5.0)

@@ -208,6 +208,7 @@ TOPICS = {
     "right_info": "right/camera_info",
     "focus": "focus",
     "gt_depth": "ground_truth/depth",
+    "gt_aif": "ground_truth/left_aif",
     "gt_distance": "ground_truth/retina_distance",
 }
 LEFT_FRAME = "microscope_left_optical_frame"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -174,8 +175,13 @@ def train_fusion(cfg: FusionTrainConfig, progress: bool = True) -> dict:
         ck = load_checkpoint(cfg.resume)
         net.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
         epoch, step, best = ck["epoch"], ck["step"], ck["best"]
+        if ck["config"]["epochs"] == cfg.epochs:
+            scheduler.load_state_dict(ck["scheduler"])
+        else:  # a longer or shorter plan: the same one-cycle shape over the new total
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, cfg.lr, total_steps=total_steps, pct_start=0.1, last_epoch=step - 1
+            )
     writer = None
     if dd.main:
         log_dir = cfg.log_dir or str(Path(cfg.out).with_suffix("")) + "_tb"
@@ -241,7 +247,7 @@ def train_fusion(cfg: FusionTrainConfig, progress: bool = True) -> dict:
             )
             if progress:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                tqdm.write(f"epoch {epoch}: {shown or 'no validation set'}")
+                tqdm.write(f"epoch {epoch}: {shown or 'no validation set'}", file=sys.stderr)
     if writer is not None:
         writer.close()
     dd.close()
