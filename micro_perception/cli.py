@@ -161,7 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"micro_perception demo -> {out}/")
     print(
-        "1/2 virtual stereo microscope: render a needle approaching the retina, write it as a "
+        "1/3 virtual stereo microscope: render a needle approaching the retina, write it as a "
         "rosbag2 and read it back as ROS messages"
     )
     seq_args = argparse.Namespace(
