@@ -1,11 +1,9 @@
 """Real rclpy nodes over real Fast DDS: images, stereo pairs, synchronisation, parameters."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
@@ -20,22 +18,6 @@ from micro_perception.ros.stereo_pattern_node import StereoPatternNode
 from micro_perception.ros.transport_check import TransportCheckConfig, run_transport_check
 
 
-class Spinner:
-    """One executor on its own thread, as separate components of a robot would have."""
-
-    def __init__(self, context, *nodes):
-        self.executor = SingleThreadedExecutor(context=context)
-        for node in nodes:
-            self.executor.add_node(node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.executor.shutdown(timeout_sec=2.0)
-        self.thread.join(timeout=5.0)
-        assert not self.thread.is_alive()
-
-
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -44,27 +26,21 @@ def wait_for(predicate, timeout: float, what: str):
         time.sleep(0.02)
 
 
-def test_full_hd_image_between_nodes_in_separate_executors(ros_context):
+def test_full_hd_image_between_nodes_in_separate_executors(ros_context, spin):
     sender = Node("sender", context=ros_context)
     receiver = Node("receiver", context=ros_context)
     received = []
     qos = image_qos("reliable", 1)
     receiver.create_subscription(Image, "image_raw", received.append, qos)
     pub = sender.create_publisher(Image, "image_raw", qos)
-    spinners = [Spinner(ros_context, sender), Spinner(ros_context, receiver)]
-    try:
-        sent = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-        header = Header(frame_id="microscope_left_optical_frame")
-        header.stamp.sec = 1234
-        msg = numpy_to_image(sent, "rgb8", header)
-        wait_for(lambda: pub.get_subscription_count() > 0, 20, "discovery")
-        pub.publish(msg)
-        wait_for(lambda: received, 20, "the image")
-    finally:
-        for s in spinners:
-            s.stop()
-        sender.destroy_node()
-        receiver.destroy_node()
+    spin(sender, receiver)
+    sent = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    header = Header(frame_id="microscope_left_optical_frame")
+    header.stamp.sec = 1234
+    msg = numpy_to_image(sent, "rgb8", header)
+    wait_for(lambda: pub.get_subscription_count() > 0, 20, "discovery")
+    pub.publish(msg)
+    wait_for(lambda: received, 20, "the image")
     got = received[0]
     assert (got.header.stamp.sec, got.header.frame_id) == (1234, "microscope_left_optical_frame")
     np.testing.assert_array_equal(image_to_numpy(got), sent)
@@ -91,7 +67,7 @@ def test_stereo_pairs_from_a_separate_process_arrive_exact_and_synchronised():
 
 # At 20 Hz frames are 50 ms apart: 20 ms is beyond the 5 ms slop and far from the next frame.
 @pytest.mark.parametrize(("offset", "paired"), [(0.003, True), (0.02, False)])
-def test_synchroniser_pairs_a_real_publisher_within_slop_only(ros_context, offset, paired):
+def test_synchroniser_pairs_a_real_publisher_within_slop_only(ros_context, spin, offset, paired):
     ns = f"/sync_{int(offset * 1000)}"
     pattern = StereoPatternNode(
         context=ros_context,
@@ -112,17 +88,11 @@ def test_synchroniser_pairs_a_real_publisher_within_slop_only(ros_context, offse
             Parameter("reliability", value="reliable"),
         ],
     )
-    spinners = [Spinner(ros_context, pattern), Spinner(ros_context, checker)]
-    try:
-        if paired:
-            wait_for(lambda: checker.report()["pairs"] >= 5, 20, "5 synchronised pairs")
-        else:
-            wait_for(lambda: pattern.sent >= 10, 20, "10 pairs sent")
-    finally:
-        for s in spinners:
-            s.stop()
-        pattern.destroy_node()
-        checker.destroy_node()
+    spin(pattern, checker)
+    if paired:
+        wait_for(lambda: checker.report()["pairs"] >= 5, 20, "5 synchronised pairs")
+    else:
+        wait_for(lambda: pattern.sent >= 10, 20, "10 pairs sent")
     report = checker.report()
     if paired:
         assert report["exact"] == report["pairs"] >= 5
@@ -141,35 +111,29 @@ def test_bad_start_parameter_names_itself(ros_context):
         )
 
 
-def test_runtime_parameter_changes_are_validated_through_the_service(ros_context):
+def test_runtime_parameter_changes_are_validated_through_the_service(ros_context, spin):
     node = StereoCheckNode(context=ros_context, namespace="/params")
     client_node = Node("param_client", context=ros_context)
-    spinners = [Spinner(ros_context, node), Spinner(ros_context, client_node)]
-    try:
-        client = AsyncParameterClient(client_node, "/params/stereo_check_node")
-        assert client.wait_for_services(timeout_sec=20.0)
+    spin(node, client_node)
+    client = AsyncParameterClient(client_node, "/params/stereo_check_node")
+    assert client.wait_for_services(timeout_sec=20.0)
 
-        def set_one(param):
-            future = client.set_parameters([param])
-            wait_for(future.done, 20, "set_parameters")
-            return future.result().results[0]
+    def set_one(param):
+        future = client.set_parameters([param])
+        wait_for(future.done, 20, "set_parameters")
+        return future.result().results[0]
 
-        bad = set_one(Parameter("disparity", value=-3))
-        assert not bad.successful and "disparity" in bad.reason and "-3" in bad.reason
-        wrong_type = set_one(Parameter("disparity", value="eight"))
-        assert not wrong_type.successful
-        assert node.params["disparity"] == 8
-        good = set_one(Parameter("disparity", value=12))
-        assert good.successful
-        assert node.params["disparity"] == 12
-        read_only = set_one(Parameter("slop", value=0.01))
-        assert not read_only.successful
-        assert node.params["slop"] == 0.005
-    finally:
-        for s in spinners:
-            s.stop()
-        node.destroy_node()
-        client_node.destroy_node()
+    bad = set_one(Parameter("disparity", value=-3))
+    assert not bad.successful and "disparity" in bad.reason and "-3" in bad.reason
+    wrong_type = set_one(Parameter("disparity", value="eight"))
+    assert not wrong_type.successful
+    assert node.params["disparity"] == 8
+    good = set_one(Parameter("disparity", value=12))
+    assert good.successful
+    assert node.params["disparity"] == 12
+    read_only = set_one(Parameter("slop", value=0.01))
+    assert not read_only.successful
+    assert node.params["slop"] == 0.005
 
 
 def test_selftest_command_reports_json(cli_json):

@@ -3,13 +3,11 @@ microscope over real DDS."""
 
 import subprocess
 import sys
-import threading
 import time
 
 import cv2
 import numpy as np
 import pytest
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
@@ -30,27 +28,22 @@ SHAPE = (CONFIG["height"], CONFIG["width"], 3)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def sequence(cache):
-    return Sequence.load_or_render(SequenceConfig(**CONFIG), cache)
+def sequence(sequence_cache):
+    return Sequence.load_or_render(SequenceConfig(**CONFIG), sequence_cache)
 
 
 def ssim(a, b):
     return structural_similarity(a, b, channel_axis=2, data_range=255)
 
 
-def test_node_fuses_the_live_microscope_like_offline(ros_context, cache, sequence):
+def test_node_fuses_the_live_microscope_like_offline(ros_context, spin, sequence_cache, sequence):
     sim_params = [
         Parameter("instrument" if k == "kind" else k, value=v) for k, v in CONFIG.items()
     ]
     sim_params += [
         Parameter("sweep_rate", value=4.0),
         Parameter("period", value=1.5),
-        Parameter("cache_dir", value=str(cache)),
+        Parameter("cache_dir", value=str(sequence_cache)),
     ]
     sim = SimMicroscopeNode(context=ros_context, namespace="/fz", parameter_overrides=sim_params)
     fusion = FocalFusionNode(
@@ -69,21 +62,10 @@ def test_node_fuses_the_live_microscope_like_offline(ros_context, cache, sequenc
     listener.create_subscription(Image, "left/fused/image", got["left"].append, qos)
     listener.create_subscription(Image, "right/fused/image", got["right"].append, qos)
     listener.create_subscription(Image, "left/fused/focus_depth", got["depth"].append, qos)
-    executors = []
-    for node in (sim, fusion, listener):  # each component on its own executor
-        ex = SingleThreadedExecutor(context=ros_context)
-        ex.add_node(node)
-        threading.Thread(target=ex.spin, daemon=True).start()
-        executors.append(ex)
-    try:
-        deadline = time.monotonic() + 40
-        while (len(got["left"]) < 4 or len(got["right"]) < 4) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        for ex in executors:
-            ex.shutdown(timeout_sec=2)
-        for node in (sim, fusion, listener):
-            node.destroy_node()
+    spin(sim, fusion, listener)
+    deadline = time.monotonic() + 40
+    while (len(got["left"]) < 4 or len(got["right"]) < 4) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(got["left"]) >= 4 and len(got["right"]) >= 4 and got["depth"]
     offline = Fuser("net", "cpu")  # the shipped models/fusion.pt, as the node uses
     for msg in got["left"][1:4]:
@@ -203,7 +185,7 @@ def test_fuser_needs_weights_for_the_network(tmp_path):
         Fuser("magic", "cpu")
 
 
-def test_node_drops_bad_slices_counts_them_and_recovers(ros_context):
+def test_node_drops_bad_slices_counts_them_and_recovers(ros_context, spin):
     from diagnostic_msgs.msg import DiagnosticArray
 
     from micro_perception.ros.conversions import numpy_to_image
@@ -223,10 +205,7 @@ def test_node_drops_bad_slices_counts_them_and_recovers(ros_context):
     fused, diags = [], []
     talker.create_subscription(Image, "left/fused/image", fused.append, image_qos("reliable", 10))
     talker.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-    ex = SingleThreadedExecutor(context=ros_context)
-    ex.add_node(node)
-    ex.add_node(talker)
-    threading.Thread(target=ex.spin, daemon=True).start()
+    spin(node, talker)
     rng = np.random.default_rng(0)
     stamp = [0]
 
@@ -239,28 +218,23 @@ def test_node_drops_bad_slices_counts_them_and_recovers(ros_context):
         pub.publish(msg)
         time.sleep(0.05)
 
-    try:
-        deadline = time.monotonic() + 20
-        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        good = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(3)]
-        send(good[0])
-        send(good[1], corrupt=True)  # unsupported encoding: dropped
-        send(rng.integers(0, 256, (30, 32, 3), dtype=np.uint8))  # size change: stack dropped
-        for img in good:  # a clean stack afterwards is fused
-            send(img)
-        deadline = time.monotonic() + 20
-        while not fused and time.monotonic() < deadline:
-            time.sleep(0.05)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not any(
-            kv.key == "dropped_stacks" for d in diags for st in d.status for kv in st.values
-        ):
-            time.sleep(0.1)
-    finally:
-        ex.shutdown(timeout_sec=2)
-        node.destroy_node()
-        talker.destroy_node()
+    deadline = time.monotonic() + 20
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    good = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(3)]
+    send(good[0])
+    send(good[1], corrupt=True)  # unsupported encoding: dropped
+    send(rng.integers(0, 256, (30, 32, 3), dtype=np.uint8))  # size change: stack dropped
+    for img in good:  # a clean stack afterwards is fused
+        send(img)
+    deadline = time.monotonic() + 20
+    while not fused and time.monotonic() < deadline:
+        time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+        kv.key == "dropped_stacks" for d in diags for st in d.status for kv in st.values
+    ):
+        time.sleep(0.1)
     assert len(fused) == 1
     np.testing.assert_array_equal(image_to_numpy(fused[0]), Fuser("sml", "cpu")(np.stack(good)))
     assert fused[0].header.stamp.sec == stamp[0]

@@ -2,12 +2,10 @@
 
 import itertools
 import math
-import threading
 import time
 
 import numpy as np
 import pytest
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.serialization import deserialize_message
@@ -28,21 +26,16 @@ CONFIG = dict(seed=3, height=48, width=64, slices=3, poses=3)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def sequence(sequence_cache):
+    return Sequence.load_or_render(SequenceConfig(**CONFIG), sequence_cache)
 
 
-@pytest.fixture(scope="module")
-def sequence(cache):
-    return Sequence.load_or_render(SequenceConfig(**CONFIG), cache)
-
-
-def test_node_publishes_consistent_sweeps(ros_context, cache, sequence):
+def test_node_publishes_consistent_sweeps(ros_context, spin, sequence_cache, sequence):
     overrides = [Parameter(k if k != "kind" else "instrument", value=v) for k, v in CONFIG.items()]
     overrides += [
         Parameter("sweep_rate", value=10.0),
         Parameter("period", value=0.6),
-        Parameter("cache_dir", value=str(cache)),
+        Parameter("cache_dir", value=str(sequence_cache)),
     ]
     node = SimMicroscopeNode(
         context=ros_context, namespace="/simtest", parameter_overrides=overrides
@@ -63,20 +56,10 @@ def test_node_publishes_consistent_sweeps(ros_context, cache, sequence):
         listener.create_subscription(
             msg_type, TOPICS[key], lambda m, k=key: got[k].append(m), image_qos("reliable", 50)
         )
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(node)
-    executor.add_node(listener)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while min(len(v) for v in got.values()) < 12 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        executor.shutdown(timeout_sec=2)
-        thread.join(timeout=5)
-        node.destroy_node()
-        listener.destroy_node()
+    spin(node, listener)
+    deadline = time.monotonic() + 30
+    while min(len(v) for v in got.values()) < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert min(len(v) for v in got.values()) >= 12, {k: len(v) for k, v in got.items()}
 
     def stamps(key):
@@ -105,13 +88,13 @@ def test_node_publishes_consistent_sweeps(ros_context, cache, sequence):
     assert depth.dtype == np.float32 and np.nanmedian(depth) == pytest.approx(0.2, abs=0.005)
 
 
-def test_bad_sequence_parameters_stop_the_node(ros_context, cache):
+def test_bad_sequence_parameters_stop_the_node(ros_context, sequence_cache):
     with pytest.raises(InputError, match="instrument must be one of"):
         SimMicroscopeNode(
             context=ros_context,
             parameter_overrides=[
                 Parameter("instrument", value="laser"),
-                Parameter("cache_dir", value=str(cache)),
+                Parameter("cache_dir", value=str(sequence_cache)),
             ],
         )
 

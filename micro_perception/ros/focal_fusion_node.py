@@ -23,8 +23,8 @@ from micro_perception.fusion.fuser import METHODS, Fuser
 from micro_perception.inference import DEVICES
 from micro_perception.ros.conversions import image_to_numpy, numpy_to_image, output_header
 from micro_perception.ros.diagnostics import Health
-from micro_perception.ros.params import Parameters, ParamSpec
-from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
 
 EYES = ("left", "right")
@@ -41,14 +41,7 @@ PARAMS = [
         "weights", "", "fusion weights file ('' = the installed models/fusion.pt)", read_only=True
     ),
     ParamSpec("device", "auto", "where to fuse", choices=DEVICES, read_only=True),
-    ParamSpec(
-        "reliability",
-        "best_effort",
-        "image subscription reliability",
-        choices=tuple(RELIABILITY),
-        read_only=True,
-    ),
-    ParamSpec("qos_depth", 10, "image subscription history depth", 1, 1000, read_only=True),
+    *qos_params("best_effort", 10, "image subscription"),
     ParamSpec(
         "focus_tolerance",
         0.001,

@@ -17,18 +17,12 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from micro_perception.errors import InputError
 from micro_perception.ros.conversions import image_to_numpy
-from micro_perception.ros.params import Parameters, ParamSpec
-from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
 
 PARAMS = [
-    ParamSpec(
-        "reliability",
-        "reliable",
-        "subscription reliability",
-        choices=tuple(RELIABILITY),
-        read_only=True,
-    ),
+    *qos_params("reliable", 20, "subscription"),
     ParamSpec("history", 64, "unpaired messages kept per stream", 1, 10000, read_only=True),
 ]
 
@@ -37,7 +31,7 @@ class FusionCheckNode(Node):
     def __init__(self, **kwargs):
         super().__init__("fusion_check_node", **kwargs)
         self.params = p = Parameters(self, PARAMS)
-        qos = image_qos(p["reliability"], 20)
+        qos = image_qos(p["reliability"], p["qos_depth"])
         self._lock = threading.Lock()
         self._truth: OrderedDict[int, Image] = OrderedDict()
         self._fused: OrderedDict[int, Image] = OrderedDict()

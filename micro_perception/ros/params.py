@@ -104,3 +104,19 @@ class Parameters:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self._values)
+
+
+def qos_params(reliability: str, depth: int, what: str = "image subscription") -> list[ParamSpec]:
+    """The two QoS parameters every image node declares: ``reliability`` and ``qos_depth``."""
+    from micro_perception.ros.qos import RELIABILITY
+
+    return [
+        ParamSpec(
+            "reliability",
+            reliability,
+            f"{what} reliability",
+            choices=tuple(RELIABILITY),
+            read_only=True,
+        ),
+        ParamSpec("qos_depth", depth, f"{what} history depth", 1, 1000, read_only=True),
+    ]

@@ -20,8 +20,8 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, Range
 from std_msgs.msg import Header
 
 from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
-from micro_perception.ros.params import Parameters, ParamSpec
-from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
 from micro_perception.sim.scene import INSTRUMENT_KINDS
 from micro_perception.sim.sequence import (
@@ -47,14 +47,7 @@ PARAMS = [
     ParamSpec("near_gap", 0.1e-3, "closest gap of a cycle, m", 0.0, 0.02, read_only=True),
     ParamSpec("sweep_rate", 2.0, "focus sweeps per second", 0.01, 100.0, read_only=True),
     ParamSpec("period", 10.0, "seconds per approach-hover-retract cycle", 0.1, 3600.0),
-    ParamSpec(
-        "reliability",
-        "reliable",
-        "publisher reliability",
-        choices=tuple(RELIABILITY),
-        read_only=True,
-    ),
-    ParamSpec("qos_depth", 5, "publisher history depth", 1, 100, read_only=True),
+    *qos_params("reliable", 5, "publisher"),
     ParamSpec("publish_ground_truth", True, "publish ground_truth/* topics"),
     ParamSpec(
         "distance_mode",

@@ -17,20 +17,13 @@ from sensor_msgs.msg import CameraInfo, Image
 from micro_perception.errors import InputError
 from micro_perception.pattern import pattern_index, stereo_pattern
 from micro_perception.ros.conversions import camera_infos_to_stereo, image_to_numpy
-from micro_perception.ros.params import Parameters, ParamSpec
-from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
 from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
 
 PARAMS = [
-    ParamSpec(
-        "reliability",
-        "best_effort",
-        "image subscription reliability",
-        choices=tuple(RELIABILITY),
-        read_only=True,
-    ),
-    ParamSpec("qos_depth", 5, "image subscription history depth", 1, 100, read_only=True),
+    *qos_params("best_effort", 5, "image subscription"),
     ParamSpec("queue_size", 10, "synchroniser queue per input", 1, 1000, read_only=True),
     ParamSpec("slop", 0.005, "largest stamp difference paired, seconds", 0.0, 1.0, read_only=True),
     ParamSpec("disparity", 8, "pixel shift of the right pattern image", 0, 512),

@@ -15,8 +15,8 @@ from std_msgs.msg import Header
 from micro_perception.camera import CameraIntrinsics
 from micro_perception.pattern import CHANNELS, stereo_pattern
 from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
-from micro_perception.ros.params import Parameters, ParamSpec
-from micro_perception.ros.qos import RELIABILITY, image_qos
+from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
 
 PARAMS = [
@@ -29,14 +29,7 @@ PARAMS = [
     ),
     ParamSpec("frames", 0, "stop after this many pairs (0: never stop)", 0, 10**9),
     ParamSpec("disparity", 8, "pixel shift of the right image", 0, 512, read_only=True),
-    ParamSpec(
-        "reliability",
-        "reliable",
-        "publisher reliability",
-        choices=tuple(RELIABILITY),
-        read_only=True,
-    ),
-    ParamSpec("qos_depth", 5, "publisher history depth", 1, 100, read_only=True),
+    *qos_params("reliable", 5, "publisher"),
     ParamSpec(
         "right_stamp_offset", 0.0, "seconds added to the right stamp (sync tests)", -1.0, 1.0
     ),
