@@ -491,6 +491,36 @@ def cmd_eval_fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_depth(args: argparse.Namespace) -> int:
+    """Score depth estimators against simulated ground truth (retina, instrument, edges)."""
+    from micro_perception.training.depth_eval import evaluate_depth
+
+    result = evaluate_depth(
+        args.data, args.methods, args.input, args.limit, progress=not args.json
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    meta = result.pop("_meta")
+    print(f"{meta['frames']} frames from {meta['data']}, input: {meta['input']}; RMSE in um")
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    print(
+        f"  {'method':<8} {'retina':>8} {'instr.':>8} {'edges':>8} {'interior':>9} "
+        f"{'AbsRel':>7} {'cover':>6} {'ms':>7}"
+    )
+    for name, r in result.items():
+        print(
+            f"  {name:<8} {fmt(r['rmse_retina_um'], '8.0f')} "
+            f"{fmt(r['rmse_instrument_um'], '8.0f')} {fmt(r['rmse_boundary_um'], '8.0f')} "
+            f"{fmt(r['rmse_interior_um'], '9.0f')} {fmt(r['absrel_from_retina'], '7.3f')} "
+            f"{fmt(r['coverage'], '6.2f')} {fmt(r['ms'], '7.1f')}"
+        )
+    return 0
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     """Fuse a focal stack of image files into one all-in-focus image."""
     from pathlib import Path
@@ -644,6 +674,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N stacks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_fusion)
+    p = ev.add_parser("depth", help=cmd_eval_depth.__doc__)
+    p.add_argument("--data", required=True)
+    p.add_argument("--methods", nargs="+", default=["stereo", "dff"], choices=["stereo", "dff"])
+    p.add_argument(
+        "--input",
+        default="fused",
+        choices=["fused", "aif"],
+        help="the pair the estimators see: fusion-network output or ground truth",
+    )
+    p.add_argument("--limit", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_depth)
     p = sub.add_parser("fuse", help=cmd_fuse.__doc__)
     p.add_argument("slices", nargs="+", help="slice images, or a folder of them (sorted)")
     p.add_argument("--out", required=True, help="output image (same bit depth as the input)")

@@ -1,0 +1,129 @@
+"""The stereo teacher: semi-global matching on the rectified pair, checked left against right,
+turned into metric depth with the converged microscope's disparity offset (no ROS).
+
+Disparity d = u_left - u_right. A converging stereo microscope gives d = 0 at the convergence
+distance and signed disparities around it, so the search range comes from a depth range, not
+from zero. Depth is ``Z = fx B / (d + cx_right - cx_left)`` (StereoPair.depth_from_disparity).
+The right view's disparity, from matching the mirrored pair, must agree with the left's within
+``lr_max_diff`` pixels, or the pixel is left unknown (NaN). Confidence falls with the
+left-right disagreement and with the lack of texture to match on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from micro_perception.camera import StereoPair
+from micro_perception.errors import InputError
+
+
+@dataclass(frozen=True)
+class StereoConfig:
+    z_near: float = 0.190  # m: the closest depth searched
+    z_far: float = 0.206  # m: the farthest
+    block_size: int = 5
+    uniqueness: int = 5
+    speckle_window: int = 100
+    speckle_range: int = 2
+    lr_max_diff: float = 1.0  # px allowed between the left and right disparities
+    disparity_precision: float = 0.5  # px: the sub-pixel precision claimed for matched pixels
+    texture_floor: float = 0.5  # gradient (grey levels / px) below which confidence fades
+
+    def __post_init__(self):
+        if not 0 < self.z_near < self.z_far:
+            raise InputError(f"need 0 < z_near < z_far, got {self.z_near}, {self.z_far}")
+        if self.block_size < 3 or self.block_size % 2 == 0:
+            raise InputError(f"block_size must be odd and >= 3, got {self.block_size}")
+
+
+@dataclass
+class StereoResult:
+    depth: np.ndarray  # (H, W) float32 m, NaN where unknown
+    confidence: np.ndarray  # (H, W) float32 in [0, 1]
+    disparity: np.ndarray  # (H, W) float32 px, NaN where unknown
+
+    def depth_tolerance(self, pair: StereoPair, precision_px: float) -> np.ndarray:
+        """Depth uncertainty (m) implied by ``precision_px`` of disparity: Z^2 / (fx B) dd."""
+        return self.depth**2 / (pair.left.fx * pair.baseline) * precision_px
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    if img.dtype == np.uint16:
+        img = (img / 257).astype(np.uint8)
+    if img.dtype != np.uint8:
+        raise InputError(f"stereo images must be 8- or 16-bit, got {img.dtype}")
+    return img
+
+
+def _matcher(cfg: StereoConfig, d_min: int, n_disp: int) -> cv2.StereoSGBM:
+    bs = cfg.block_size
+    return cv2.StereoSGBM_create(
+        minDisparity=d_min,
+        numDisparities=n_disp,
+        blockSize=bs,
+        P1=8 * bs * bs,
+        P2=32 * bs * bs,
+        disp12MaxDiff=-1,
+        uniquenessRatio=cfg.uniqueness,
+        speckleWindowSize=cfg.speckle_window,
+        speckleRange=cfg.speckle_range,
+        mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
+    )
+
+
+def disparity_range(pair: StereoPair, cfg: StereoConfig) -> tuple[int, int]:
+    """(minDisparity, numDisparities) of the matcher for the configured depth range."""
+    d_far, d_near = pair.disparity_from_depth(np.array([cfg.z_far, cfg.z_near]))
+    d_min = int(np.floor(d_far)) - 2
+    n = int(np.ceil((d_near - d_min + 2) / 16.0)) * 16
+    return d_min, max(n, 16)
+
+
+def stereo_depth(
+    left: np.ndarray, right: np.ndarray, pair: StereoPair, cfg: StereoConfig | None = None
+) -> StereoResult:
+    """Metric depth of the left view from a rectified pair (RGB or grey, 8/16-bit)."""
+    cfg = cfg or StereoConfig()
+    gl, gr = _grey(left), _grey(right)
+    if gl.shape != gr.shape:
+        raise InputError(f"left {gl.shape} and right {gr.shape} images differ in size")
+    if (gl.shape[1], gl.shape[0]) != (pair.left.width, pair.left.height):
+        raise InputError(
+            f"images are {gl.shape[1]}x{gl.shape[0]}, camera_info says "
+            f"{pair.left.width}x{pair.left.height}"
+        )
+    d_min, n_disp = disparity_range(pair, cfg)
+    matcher = _matcher(cfg, d_min, n_disp)
+    # SGBM gives up on the first d_min + n_disp columns; padding on the left keeps them.
+    pad = max(0, d_min + n_disp)
+
+    def match(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a = cv2.copyMakeBorder(a, 0, 0, pad, 0, cv2.BORDER_REPLICATE)
+        b = cv2.copyMakeBorder(b, 0, 0, pad, 0, cv2.BORDER_REPLICATE)
+        return matcher.compute(a, b)[:, pad:].astype(np.float32) / 16.0
+
+    disp_l = match(gl, gr)
+    # The right view's disparity: the mirrored pair, matched the same way, mirrored back.
+    disp_r = match(np.ascontiguousarray(gr[:, ::-1]), np.ascontiguousarray(gl[:, ::-1]))[:, ::-1]
+    invalid = (disp_l < d_min) | (disp_l >= d_min + n_disp - 1)
+    h, w = gl.shape
+    xs = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+    x_right = np.round(xs - disp_l).astype(np.int64)
+    inside = (x_right >= 0) & (x_right < w)
+    rows = np.arange(h)[:, None].repeat(w, 1)
+    other = np.where(inside, disp_r[rows, np.clip(x_right, 0, w - 1)], np.nan)
+    lr_error = np.abs(disp_l - other)
+    valid = ~invalid & inside & (other >= d_min) & (lr_error <= cfg.lr_max_diff)
+    disparity = np.where(valid, disp_l, np.nan).astype(np.float32)
+    depth = pair.depth_from_disparity(disparity).astype(np.float32)
+    gx = cv2.Sobel(gl, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    texture = cv2.blur(np.abs(gx), (cfg.block_size, cfg.block_size))
+    confidence = np.exp(-((np.nan_to_num(lr_error, nan=99.0) / max(cfg.lr_max_diff, 1e-3)) ** 2))
+    confidence *= texture / (texture + cfg.texture_floor)
+    confidence = np.where(valid & np.isfinite(depth), confidence, 0.0).astype(np.float32)
+    return StereoResult(depth, confidence, disparity)

@@ -1,0 +1,143 @@
+"""The stereo teacher on rendered pairs of the converging microscope."""
+
+import numpy as np
+import pytest
+
+from micro_perception.camera import CameraIntrinsics, StereoPair
+from micro_perception.depth.stereo import StereoConfig, disparity_range, stereo_depth
+from micro_perception.errors import InputError
+from micro_perception.optics import MicroscopeOptics
+from micro_perception.sim.render import render_sample
+from micro_perception.sim.scene import SceneConfig, make_scene
+
+OPTICS = MicroscopeOptics().scaled_to(256, 256)
+
+
+@pytest.fixture(scope="module")
+def retina_pair():
+    scene = make_scene(3, OPTICS, config=SceneConfig(p_no_instrument=1.0, p_vignette=0.0))
+    return render_sample(scene, OPTICS, slices=2)
+
+
+def test_search_range_covers_signed_disparities_of_the_depth_range():
+    pair = OPTICS.stereo()
+    cfg = StereoConfig()
+    d_min, n = disparity_range(pair, cfg)
+    near, far = pair.disparity_from_depth(np.array([cfg.z_near, cfg.z_far]))
+    assert d_min <= far < 0 < near < d_min + n and n % 16 == 0
+
+
+def test_recovers_the_retina_within_the_claimed_precision(retina_pair):
+    pair = OPTICS.stereo()
+    cfg = StereoConfig()
+    result = stereo_depth(retina_pair.left.aif, retina_pair.right.aif, pair, cfg)
+    gt = retina_pair.left.depth
+    confident = result.confidence > 0.5
+    assert np.isfinite(result.depth).mean() > 0.7 and confident.mean() > 0.5
+    error = np.abs(result.depth - gt)[confident]
+    tolerance = result.depth_tolerance(pair, cfg.disparity_precision)[confident]
+    assert np.median(error / tolerance) < 1.0
+    assert np.mean(error <= tolerance) > 0.8
+    # Unknown is NaN in depth and disparity alike, and has no confidence.
+    unknown = ~np.isfinite(result.depth)
+    assert np.isnan(result.disparity[unknown]).all() and (result.confidence[unknown] == 0).all()
+
+
+def test_noisy_slices_still_give_the_retina(retina_pair):
+    pair = OPTICS.stereo()
+    result = stereo_depth(retina_pair.left.slices[-1], retina_pair.right.slices[-1], pair)
+    ok = result.confidence > 0.5
+    assert ok.mean() > 0.3
+    assert np.median(np.abs(result.depth - retina_pair.left.depth)[ok]) < 150e-6
+
+
+def test_inconsistent_input_is_refused(retina_pair):
+    pair = OPTICS.stereo()
+    with pytest.raises(InputError, match="differ in size"):
+        stereo_depth(retina_pair.left.aif, retina_pair.right.aif[:, :-1], pair)
+    small = StereoPair(
+        CameraIntrinsics.from_pinhole(128, 128, 100.0, 100.0, 63.5, 63.5),
+        CameraIntrinsics.from_pinhole(128, 128, 100.0, 100.0, 70.0, 63.5, tx=-2.2),
+    )
+    with pytest.raises(InputError, match="camera_info says"):
+        stereo_depth(retina_pair.left.aif, retina_pair.right.aif, small)
+    with pytest.raises(InputError, match="z_near"):
+        StereoConfig(z_near=0.3, z_far=0.2)
+    with pytest.raises(InputError, match="8- or 16-bit"):
+        stereo_depth(retina_pair.left.aif.astype(np.float32), retina_pair.right.aif, pair)
+
+
+def test_depth_metrics_on_known_errors():
+    from micro_perception.training.depth_eval import depth_metrics
+
+    gt = np.full((40, 40), 0.2)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    gt[mask] = 0.199  # an instrument 1 mm above the retina
+    pred = gt + 50e-6  # everything 50 um too deep
+    pred[0, 0] = np.nan  # one unknown pixel
+    m = depth_metrics(pred, gt, mask)
+    assert m["rmse_retina_um"] == pytest.approx(50.0)
+    assert m["rmse_instrument_um"] == pytest.approx(50.0)
+    assert m["rmse_boundary_um"] == pytest.approx(50.0)
+    # Heights above the retina: 1 mm predicted as 0.95 mm, 5 % off.
+    assert m["absrel_from_retina"] == pytest.approx(0.05)
+    assert m["coverage"] == pytest.approx(1 - 1 / 1600)
+
+
+def test_eval_depth_json_on_a_small_set(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    data = tmp_path / "d"
+    sim = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "micro_perception.cli",
+            "simulate",
+            "--out",
+            str(data),
+            "--samples",
+            "2",
+            "--seed",
+            "1",
+            "--size",
+            "96",
+            "96",
+            "--slices",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert sim.returncode == 0, sim.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "micro_perception.cli",
+            "eval",
+            "depth",
+            "--data",
+            str(data),
+            "--input",
+            "aif",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for method in ("stereo", "dff"):
+        assert {"rmse_retina_um", "rmse_instrument_um", "rmse_boundary_um", "ms"} <= set(
+            result[method]
+        )
+    assert result["_meta"]["frames"] == 2
