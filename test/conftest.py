@@ -57,20 +57,32 @@ def ros_context():
         rclpy.shutdown(context=context)
 
 
+def _run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "micro_perception.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """Run ``micro-perception <args>`` in its own process; fails the test on a non-zero exit
+    unless ``check=False``."""
+    return _run_cli
+
+
 @pytest.fixture
 def cli_json():
     """Run ``micro-perception <args> --json`` in its own process; return the parsed report."""
 
     def run(*args: str) -> dict:
-        out = subprocess.run(
-            [sys.executable, "-m", "micro_perception.cli", *args, "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        return json.loads(_run_cli(*args, "--json").stdout)
 
     return run
 

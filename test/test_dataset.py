@@ -1,8 +1,6 @@
 """Datasets on disk: the simulate command, the loader, users' own recordings, splits."""
 
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -17,32 +15,34 @@ from micro_perception.sim.scene import make_scene
 from micro_perception.training.datasets import FocalStackDataset
 
 
-def simulate(out, *extra):
-    """Run ``micro-perception simulate`` on a small dataset; returns the finished process."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "micro_perception.cli",
-        "simulate",
-        "--out",
-        str(out),
-        "--samples",
-        "3",
-        "--seed",
-        "5",
-        "--size",
-        "48",
-        "64",
-        "--slices",
-        "3",
-        "--json",
-        *extra,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+@pytest.fixture(scope="session")
+def simulate(run_cli):
+    """``micro-perception simulate`` of a small dataset; returns the finished process."""
+
+    def run(out, *extra):
+        return run_cli(
+            "simulate",
+            "--out",
+            out,
+            "--samples",
+            "3",
+            "--seed",
+            "5",
+            "--size",
+            "48",
+            "64",
+            "--slices",
+            "3",
+            "--json",
+            *extra,
+            check=False,
+        )
+
+    return run
 
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory):
+def simulated(tmp_path_factory, simulate):
     out = tmp_path_factory.mktemp("sim") / "ds"
     done = simulate(out, "--workers", "2", "--preview", str(out.parent / "preview.png"))
     assert done.returncode == 0, done.stderr
@@ -100,7 +100,7 @@ def test_loader_returns_what_the_renderer_made(simulated):
     assert batch["left_aif"].shape == (3, 3, 48, 64)
 
 
-def test_resume_and_refusal_to_mix_settings(simulated, tmp_path):
+def test_resume_and_refusal_to_mix_settings(simulated, simulate):
     out, _ = simulated
     before = (out / "00000" / "left" / "slice_00.png").stat().st_mtime_ns
     done = simulate(out)

@@ -85,57 +85,24 @@ def test_depth_metrics_on_known_errors():
     assert m["coverage"] == pytest.approx(1 - 1 / 1600)
 
 
-def test_eval_depth_json_on_a_small_set(tmp_path):
-    import json
-    import subprocess
-    import sys
-
+def test_eval_depth_json_on_a_small_set(tmp_path, run_cli, cli_json):
     data = tmp_path / "d"
-    sim = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "micro_perception.cli",
-            "simulate",
-            "--out",
-            str(data),
-            "--samples",
-            "2",
-            "--seed",
-            "1",
-            "--size",
-            "96",
-            "96",
-            "--slices",
-            "3",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    run_cli(
+        "simulate",
+        "--out",
+        data,
+        "--samples",
+        "2",
+        "--seed",
+        "1",
+        "--size",
+        "96",
+        "96",
+        "--slices",
+        "3",
+        "--json",
     )
-    assert sim.returncode == 0, sim.stderr
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "micro_perception.cli",
-            "eval",
-            "depth",
-            "--data",
-            str(data),
-            "--input",
-            "aif",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = cli_json("eval", "depth", "--data", str(data), "--input", "aif")
     for method in ("stereo", "dff"):
         assert {"rmse_retina_um", "rmse_instrument_um", "rmse_boundary_um", "ms"} <= set(
             result[method]

@@ -14,33 +14,23 @@ from micro_perception.training.common import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, run_cli):
     root = tmp_path_factory.mktemp("train")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "micro_perception.cli",
-            "simulate",
-            "--out",
-            str(root / "data"),
-            "--samples",
-            "2",
-            "--seed",
-            "3",
-            "--size",
-            "48",
-            "48",
-            "--slices",
-            "3",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    run_cli(
+        "simulate",
+        "--out",
+        root / "data",
+        "--samples",
+        "2",
+        "--seed",
+        "3",
+        "--size",
+        "48",
+        "48",
+        "--slices",
+        "3",
+        "--json",
     )
-    assert done.returncode == 0, done.stderr
     return root
 
 
