@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from micro_perception.errors import InputError
-from micro_perception.inference import pick_device  # noqa: F401 - re-exported
+from micro_perception.inference import pick_device
 
 
 @dataclass
@@ -72,3 +72,142 @@ def load_checkpoint(path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(f"checkpoint {path} cannot be read safely: {exc}") from None
+
+
+@dataclass
+class TrainJob:
+    """What a network's trainer gives the shared loop."""
+
+    kind: str  # the weights file kind ("fusion", "depth")
+    net: torch.nn.Module
+    net_config: dict
+    data: torch.utils.data.Dataset  # may have an ``epoch`` attribute, set every epoch
+    step: object  # (model, batch, rng) -> (loss tensor, {term: float})
+    validate: object | None  # (net) -> {metric: float}, or None
+    score: str  # the validation metric to maximise; the best network is written to --out
+
+
+def run_training(cfg, build, progress: bool = True) -> dict:
+    """The loop every trainer shares: device and DDP, AdamW with a one-cycle schedule, gradient
+    clipping, TensorBoard, validation each epoch, the best weights to ``cfg.out``, a checkpoint
+    (model, optimizer, scheduler, config, progress) each epoch, and ``cfg.resume``."""
+    import json
+    import sys
+    import time
+    from pathlib import Path
+
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from micro_perception.model_io import save_weights
+
+    base_device = pick_device(cfg.device)
+    dd = Distributed.setup(base_device)
+    device = dd.device(base_device)
+    seed_everything(cfg.seed + dd.rank)
+    job: TrainJob = build(device)
+    net = job.net.to(device)
+    data = job.data
+    sampler = DistributedSampler(data, dd.world, dd.rank, seed=cfg.seed) if dd.world > 1 else None
+    loader = DataLoader(
+        data,
+        batch_size=cfg.batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=True,
+        persistent_workers=cfg.workers > 0,
+    )
+    if len(loader) == 0:
+        raise InputError(f"{len(data)} training samples make no batch of {cfg.batch}")
+    model = torch.nn.parallel.DistributedDataParallel(net) if dd.world > 1 else net
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * len(loader)
+
+    def one_cycle(last_step: int = -1):
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, cfg.lr, total_steps=total_steps, pct_start=0.1, last_epoch=last_step
+        )
+
+    scheduler = one_cycle()
+    epoch, step, best = 0, 0, -float("inf")
+    if cfg.resume:
+        ck = load_checkpoint(cfg.resume)
+        net.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        epoch, step, best = ck["epoch"], ck["step"], ck["best"]
+        if ck["config"]["epochs"] == cfg.epochs:
+            scheduler.load_state_dict(ck["scheduler"])
+        else:  # a longer or shorter plan: the same one-cycle shape over the new total
+            scheduler = one_cycle(step - 1)
+    writer = None
+    if dd.main:
+        writer = SummaryWriter(cfg.log_dir or str(Path(cfg.out).with_suffix("")) + "_tb")
+        writer.add_text("config", json.dumps(cfg.to_dict(), indent=1))
+    rng = np.random.default_rng(cfg.seed)
+    history = []
+    while epoch < cfg.epochs:
+        if hasattr(data, "epoch"):
+            data.epoch = epoch
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and dd.main)
+        )
+        t0 = time.time()
+        net.train()
+        for batch in bar:
+            batch = [b.to(device) for b in batch]
+            loss, terms = job.step(model, batch, rng)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if writer is not None and step % 10 == 0:
+                for name, value in terms.items():
+                    writer.add_scalar(f"train/{name}", value, step)
+                writer.add_scalar("train/loss", float(loss), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+        epoch += 1
+        metrics = {}
+        if job.validate is not None:
+            net.eval()
+            with torch.no_grad():
+                metrics = job.validate(net)
+        metrics = {k: dd.all_mean(v, device) for k, v in metrics.items()}
+        history.append({"epoch": epoch, "step": step, "seconds": time.time() - t0, **metrics})
+        if dd.main:
+            for name, value in metrics.items():
+                writer.add_scalar(f"val/{name}", value, step)
+            score = metrics.get(job.score, -float(loss))
+            if score > best:
+                best = score
+                save_weights(
+                    cfg.out,
+                    job.kind,
+                    job.net_config,
+                    net.state_dict(),
+                    {"epoch": epoch, "step": step, "val": metrics, "train_config": cfg.to_dict()},
+                )
+            save_checkpoint(
+                cfg.checkpoint,
+                model=net.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                config=cfg.to_dict(),
+                epoch=epoch,
+                step=step,
+                best=best,
+            )
+            if progress:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                tqdm.write(f"epoch {epoch}: {shown or 'no validation set'}", file=sys.stderr)
+    if writer is not None:
+        writer.close()
+    dd.close()
+    return {"out": cfg.out, "best": best, "score": job.score, "history": history}

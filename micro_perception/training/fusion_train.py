@@ -11,10 +11,6 @@ written to ``--out`` as a weights file (see micro_perception.model_io). TensorBo
 
 from __future__ import annotations
 
-import json
-import math
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,20 +18,12 @@ from pathlib import Path
 import kornia
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import Dataset
 
 from micro_perception.errors import InputError
 from micro_perception.fusion.network import FusionNet, FusionNetConfig
-from micro_perception.model_io import save_weights
 from micro_perception.sim.dataset import find_stacks, read_ground_truth, read_rgb
-from micro_perception.training.common import (
-    Distributed,
-    load_checkpoint,
-    pick_device,
-    save_checkpoint,
-    seed_everything,
-)
+from micro_perception.training.common import TrainJob, run_training
 from micro_perception.training.losses import FusionLoss, FusionLossWeights
 
 
@@ -141,114 +129,30 @@ def validate(net: torch.nn.Module, stacks: list[tuple], device: torch.device) ->
 
 
 def train_fusion(cfg: FusionTrainConfig, progress: bool = True) -> dict:
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+    def build(device: torch.device) -> TrainJob:
+        stacks = load_stacks(cfg.data)
+        val_stacks = load_stacks(cfg.val, eyes=("left",))[: cfg.val_limit] if cfg.val else []
+        loss_fn = FusionLoss(cfg.loss, cfg.vgg_weights).to(device)
+        use_amp = device.type == "cuda"
 
-    base_device = pick_device(cfg.device)
-    dd = Distributed.setup(base_device)
-    device = dd.device(base_device)
-    seed_everything(cfg.seed + dd.rank)
-    stacks = load_stacks(cfg.data)
-    val_stacks = load_stacks(cfg.val, eyes=("left",))[: cfg.val_limit] if cfg.val else []
-    data = StackCrops(stacks, cfg.crop, cfg.crops_per_stack, cfg.seed)
-    sampler = DistributedSampler(data, dd.world, dd.rank, seed=cfg.seed) if dd.world > 1 else None
-    loader = DataLoader(
-        data,
-        batch_size=cfg.batch,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        drop_last=True,
-        persistent_workers=cfg.workers > 0,
-    )
-    net = FusionNet(cfg.net).to(device)
-    model = torch.nn.parallel.DistributedDataParallel(net) if dd.world > 1 else net
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, cfg.lr, total_steps=total_steps, pct_start=0.1
-    )
-    loss_fn = FusionLoss(cfg.loss, cfg.vgg_weights).to(device)
-    use_amp = device.type == "cuda"
-    epoch, step, best = 0, 0, -math.inf
-    if cfg.resume:
-        ck = load_checkpoint(cfg.resume)
-        net.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        epoch, step, best = ck["epoch"], ck["step"], ck["best"]
-        if ck["config"]["epochs"] == cfg.epochs:
-            scheduler.load_state_dict(ck["scheduler"])
-        else:  # a longer or shorter plan: the same one-cycle shape over the new total
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, cfg.lr, total_steps=total_steps, pct_start=0.1, last_epoch=step - 1
-            )
-    writer = None
-    if dd.main:
-        log_dir = cfg.log_dir or str(Path(cfg.out).with_suffix("")) + "_tb"
-        writer = SummaryWriter(log_dir)
-        writer.add_text("config", json.dumps(cfg.to_dict(), indent=1))
-    rng = np.random.default_rng(cfg.seed)
-    history = []
-    while epoch < cfg.epochs:
-        data.epoch = epoch
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and dd.main)
-        )
-        t0 = time.time()
-        for stack, target in bar:
-            stack, target = stack.to(device), target.to(device)
+        def step(model, batch, rng):
+            stack, target = batch
             # Variable stack length and order: the network must not depend on either.
             k = int(rng.integers(cfg.min_slices, stack.shape[1] + 1))
             stack = stack[:, torch.from_numpy(rng.permutation(stack.shape[1])[:k])]
             with torch.autocast(device.type, enabled=use_amp):
                 out = model(stack)
-            loss, terms = loss_fn(out.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if writer is not None and step % 10 == 0:
-                for name, value in terms.items():
-                    writer.add_scalar(f"train/{name}", value, step)
-                writer.add_scalar("train/loss", float(loss), step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
-        epoch += 1
-        metrics = validate(net, val_stacks, device) if val_stacks else {}
-        metrics = {k: dd.all_mean(v, device) for k, v in metrics.items()}
-        record = {"epoch": epoch, "step": step, "seconds": time.time() - t0, **metrics}
-        history.append(record)
-        if dd.main:
-            for name, value in metrics.items():
-                writer.add_scalar(f"val/{name}", value, step)
-            score = metrics.get("psnr", -float(loss))
-            if score > best:
-                best = score
-                save_weights(
-                    cfg.out,
-                    "fusion",
-                    cfg.net.to_dict(),
-                    net.state_dict(),
-                    {"epoch": epoch, "step": step, "val": metrics, "train_config": cfg.to_dict()},
-                )
-            save_checkpoint(
-                cfg.checkpoint,
-                model=net.state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                config=cfg.to_dict(),
-                epoch=epoch,
-                step=step,
-                best=best,
-            )
-            if progress:
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                tqdm.write(f"epoch {epoch}: {shown or 'no validation set'}", file=sys.stderr)
-    if writer is not None:
-        writer.close()
-    dd.close()
-    return {"out": cfg.out, "best_val_psnr": best, "history": history}
+            return loss_fn(out.float(), target)
+
+        return TrainJob(
+            kind="fusion",
+            net=FusionNet(cfg.net),
+            net_config=cfg.net.to_dict(),
+            data=StackCrops(stacks, cfg.crop, cfg.crops_per_stack, cfg.seed),
+            step=step,
+            validate=(lambda net: validate(net, val_stacks, device)) if val_stacks else None,
+            score="psnr",
+        )
+
+    result = run_training(cfg, build, progress)
+    return {"out": result["out"], "best_val_psnr": result["best"], "history": result["history"]}
