@@ -450,6 +450,44 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_depth(args: argparse.Namespace) -> int:
+    """Train the depth network (ground truth, stereo-teacher distillation, or both)."""
+    from micro_perception.training.depth_train import DepthTrainConfig, train_depth
+
+    cfg = DepthTrainConfig(
+        data=args.data,
+        val=args.val,
+        out=args.out,
+        supervision=args.supervision,
+        input=args.input,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        crop=args.size,
+        crops_per_frame=args.crops_per_frame,
+        workers=args.workers,
+        device=args.device,
+        seed=args.seed,
+        log_dir=args.log_dir,
+        resume=args.resume,
+        imagenet_weights=args.imagenet_weights,
+    )
+    result = train_depth(cfg)
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k != "history"}
+            | {
+                "train_loss_first_last": [
+                    result["history"][0]["train_loss"],
+                    result["history"][-1]["train_loss"],
+                ]
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def cmd_eval_fusion(args: argparse.Namespace) -> int:
     """Score the fusion network and the classical baselines against ground truth."""
     from micro_perception.fusion.fuser import default_fusion_weights
@@ -658,6 +696,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="convex: smoothing only; affine: may also sharpen residual defocus",
     )
     p.set_defaults(func=cmd_train_fusion)
+    p = train.add_parser("depth", help=cmd_train_depth.__doc__)
+    p.add_argument("--data", required=True, help="training frames (dataset folder)")
+    p.add_argument("--val", help="validation frames with ground-truth depth")
+    p.add_argument("--out", required=True, help="weights file of the best network")
+    p.add_argument("--supervision", default="gt", choices=["gt", "stereo", "mixed"])
+    p.add_argument(
+        "--input",
+        default="aif",
+        choices=["aif", "fused"],
+        help="left image: ground-truth all-in-focus, or the fusion network's output",
+    )
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--size", type=int, default=256, help="training crop size, px")
+    p.add_argument("--crops-per-frame", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-dir")
+    p.add_argument("--resume")
+    p.add_argument("--imagenet-weights", help="local torchvision resnet18 state dict")
+    p.set_defaults(func=cmd_train_depth)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
         dest="net", required=True
     )

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,77 @@ def test_torchrun_two_processes(tiny):
     # Two ranks share the 8 crops of an epoch: each takes 4, two steps of batch 2.
     assert ck["epoch"] == 1 and ck["step"] == 2
     load_fusion_net(out)
+
+
+@pytest.fixture(scope="module")
+def depth_data(tmp_path_factory, run_cli):
+    root = tmp_path_factory.mktemp("depth")
+    run_cli(
+        "simulate",
+        "--out",
+        root / "data",
+        "--samples",
+        "3",
+        "--seed",
+        "2",
+        "--size",
+        "96",
+        "96",
+        "--slices",
+        "2",
+        "--json",
+    )
+    return root
+
+
+def train_depth_cli(run_cli, root, out, *extra):
+    return json.loads(
+        run_cli(
+            "train",
+            "depth",
+            "--data",
+            root / "data",
+            "--val",
+            root / "data",
+            "--out",
+            out,
+            "--batch",
+            "2",
+            "--size",
+            "64",
+            "--device",
+            "cpu",
+            *extra,
+        ).stdout
+    )
+
+
+def test_depth_training_lowers_the_loss_and_resumes(depth_data, run_cli):
+    from micro_perception.depth.network import DepthNet, DepthNetConfig
+    from micro_perception.model_io import load_into, load_weights
+
+    out = depth_data / "run" / "depth.pt"
+    first = train_depth_cli(run_cli, depth_data, out, "--epochs", "4")
+    start, end = first["train_loss_first_last"]
+    assert end < start
+    ck = load_checkpoint(f"{out}.ckpt")
+    assert ck["epoch"] == 4 and ck["config"]["supervision"] == "gt"
+    resumed = train_depth_cli(run_cli, depth_data, out, "--epochs", "5", "--resume", f"{out}.ckpt")
+    assert load_checkpoint(f"{out}.ckpt")["epoch"] == 5 and resumed["score"] == "neg_rmse_um"
+    config, state, info = load_weights(out, "depth")
+    net = DepthNet(DepthNetConfig.from_dict(config))
+    load_into(net, state, out)
+    assert "rmse_retina_um" in info["val"]
+
+
+def test_stereo_distillation_needs_no_ground_truth(depth_data, run_cli):
+    result = train_depth_cli(
+        run_cli,
+        depth_data,
+        depth_data / "stereo" / "d.pt",
+        "--epochs",
+        "2",
+        "--supervision",
+        "stereo",
+    )
+    assert all(np.isfinite(result["train_loss_first_last"]))

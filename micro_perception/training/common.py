@@ -158,6 +158,7 @@ def run_training(cfg, build, progress: bool = True) -> dict:
         )
         t0 = time.time()
         net.train()
+        losses = []
         for batch in bar:
             batch = [b.to(device) for b in batch]
             loss, terms = job.step(model, batch, rng)
@@ -167,6 +168,7 @@ def run_training(cfg, build, progress: bool = True) -> dict:
             optimizer.step()
             scheduler.step()
             step += 1
+            losses.append(float(loss))
             if writer is not None and step % 10 == 0:
                 for name, value in terms.items():
                     writer.add_scalar(f"train/{name}", value, step)
@@ -180,7 +182,15 @@ def run_training(cfg, build, progress: bool = True) -> dict:
             with torch.no_grad():
                 metrics = job.validate(net)
         metrics = {k: dd.all_mean(v, device) for k, v in metrics.items()}
-        history.append({"epoch": epoch, "step": step, "seconds": time.time() - t0, **metrics})
+        history.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "seconds": time.time() - t0,
+                "train_loss": float(np.mean(losses)),
+                **metrics,
+            }
+        )
         if dd.main:
             for name, value in metrics.items():
                 writer.add_scalar(f"val/{name}", value, step)

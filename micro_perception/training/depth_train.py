@@ -1,0 +1,218 @@
+"""Training the depth network: ``micro-perception train depth`` (torchrun-ready, no ROS).
+
+Supervision:
+
+* ``gt``: the simulator's exact depth and instrument mask;
+* ``stereo``: the stereo teacher's depth on each stereo pair, weighted by its confidence, and no
+  mask: knowledge distillation from binocular to monocular, for a user's own recordings;
+* ``mixed``: both, where ground truth exists.
+
+The input is the left all-in-focus image: the ground-truth one (``--input aif``) or the shipped
+fusion network's output on the sweep (``--input fused``, what the depth node sees). Crops and
+flips keep the monocular geometry valid (depth does not depend on where a crop sits); photometric
+jitter changes only the image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from micro_perception.camera import StereoPair
+from micro_perception.depth.network import DepthNet, DepthNetConfig
+from micro_perception.depth.stereo import stereo_depth
+from micro_perception.errors import InputError
+from micro_perception.fusion.fuser import Fuser
+from micro_perception.sim.dataset import find_stacks, read_ground_truth, read_rgb
+from micro_perception.training.common import TrainJob, run_training
+from micro_perception.training.depth_eval import depth_metrics
+from micro_perception.training.depth_losses import DepthLossWeights, depth_loss, depth_terms
+
+SUPERVISION = ("gt", "stereo", "mixed")
+
+
+@dataclass
+class DepthTrainConfig:
+    data: str = ""
+    val: str | None = None
+    out: str = "depth.pt"
+    supervision: str = "gt"
+    input: str = "aif"
+    epochs: int = 20
+    batch: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    crop: int = 256
+    crops_per_frame: int = 2
+    workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+    grad_clip: float = 1.0
+    val_limit: int = 20
+    teacher_weight: float = 1.0
+    log_dir: str | None = None
+    resume: str | None = None
+    imagenet_weights: str | None = None
+    loss: DepthLossWeights = field(default_factory=DepthLossWeights)
+    net: DepthNetConfig = field(default_factory=DepthNetConfig)
+
+    def __post_init__(self):
+        if self.supervision not in SUPERVISION:
+            raise InputError(
+                f"supervision must be one of {list(SUPERVISION)}, got {self.supervision!r}"
+            )
+        if self.input not in ("aif", "fused"):
+            raise InputError(f"input must be aif or fused, got {self.input!r}")
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{self.out}.ckpt"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["net"] = self.net.to_dict()
+        return d
+
+
+def _pair(root: Path) -> StereoPair:
+    header = root / "dataset.json"
+    if not header.is_file():
+        raise InputError(f"{root} has no dataset.json: stereo supervision needs its camera_info")
+    return StereoPair.from_dict(json.loads(header.read_text())["camera_info"])
+
+
+def load_frames(root: str, cfg: DepthTrainConfig, supervision: str) -> list[dict]:
+    """Every frame's input image and targets, in memory."""
+    root = Path(root)
+    use_gt = supervision in ("gt", "mixed")
+    use_teacher = supervision in ("stereo", "mixed")
+    pair = _pair(root) if use_teacher else None
+    fuser = Fuser("net", "cpu") if cfg.input == "fused" else None
+    frames = []
+    for rec in find_stacks(root):
+        eyes = ("left", "right") if use_teacher else ("left",)
+        gts = {e: read_ground_truth(rec.root / e) for e in eyes}
+        images = {}
+        for e in eyes:
+            if fuser is not None:
+                images[e] = fuser(np.stack([read_rgb(p) for p in rec.slices[e]]))
+            elif "aif" in gts[e]:
+                images[e] = gts[e]["aif"]
+            else:  # a recording without a fused image: its sharpest-looking middle slice
+                images[e] = read_rgb(rec.slices[e][len(rec.slices[e]) // 2])
+        frame = {
+            "image": images["left"],
+            "depth": None,
+            "mask": None,
+            "teacher": None,
+            "confidence": None,
+        }
+        if use_gt:
+            if "depth" not in gts["left"]:
+                raise InputError(
+                    f"{rec.root / 'left'} has no depth.npy for --supervision {supervision}"
+                )
+            frame["depth"] = gts["left"]["depth"]
+            frame["mask"] = gts["left"].get("mask")
+        if use_teacher:
+            result = stereo_depth(images["left"], images["right"], pair)
+            frame["teacher"], frame["confidence"] = result.depth, result.confidence
+        frames.append(frame)
+    return frames
+
+
+class DepthCrops(Dataset):
+    def __init__(self, frames: list[dict], crop: int, repeat: int, seed: int):
+        self.frames, self.crop, self.repeat, self.seed = frames, crop, repeat, seed
+        self.epoch = 0
+        h, w = frames[0]["image"].shape[:2]
+        if crop > min(h, w):
+            raise InputError(f"crop {crop} is larger than the images ({h}x{w})")
+
+    def __len__(self) -> int:
+        return len(self.frames) * self.repeat
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        f = self.frames[i % len(self.frames)]
+        h, w = f["image"].shape[:2]
+        y, x = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+        flip_x, flip_y = rng.uniform() < 0.5, rng.uniform() < 0.5
+
+        def take(a, fill=np.nan):
+            if a is None:
+                return np.full((self.crop, self.crop), fill, np.float32)
+            a = a[y : y + self.crop, x : x + self.crop]
+            a = a[:, ::-1] if flip_x else a
+            a = a[::-1] if flip_y else a
+            return np.ascontiguousarray(a, dtype=np.float32)
+
+        image = take(f["image"]) / 255.0
+        gain, gamma = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.25)
+        image = np.clip(image * gain, 0, 1) ** gamma
+        tensors = [
+            image.transpose(2, 0, 1),
+            take(f["depth"])[None],
+            take(f["mask"])[None],
+            take(f["teacher"])[None],
+            take(f["confidence"], 0.0)[None],
+        ]
+        return tuple(torch.from_numpy(np.ascontiguousarray(t)) for t in tensors)
+
+
+def train_depth(cfg: DepthTrainConfig, progress: bool = True) -> dict:
+    def build(device: torch.device) -> TrainJob:
+        frames = load_frames(cfg.data, cfg, cfg.supervision)
+        val = load_frames(cfg.val, cfg, "gt")[: cfg.val_limit] if cfg.val else []
+        use_gt = cfg.supervision in ("gt", "mixed")
+        use_teacher = cfg.supervision in ("stereo", "mixed")
+        w = cfg.loss
+
+        def step(model, batch, rng):
+            image, depth, mask, teacher, confidence = batch
+            pred, logits = model(image)
+            total = pred.new_zeros(())
+            terms = {}
+            if use_gt:
+                known_mask = torch.isfinite(mask).all()
+                loss, terms = depth_loss(pred, depth, logits, mask if known_mask else None, w)
+                total = total + loss
+            if use_teacher:
+                t = depth_terms(pred, teacher, confidence, w.alpha)
+                total = total + cfg.teacher_weight * (
+                    w.depth * t["depth"] + w.grad * t["grad"] + w.normal * t["normal"]
+                )
+                terms.update({f"teacher_{k}": float(v.detach()) for k, v in t.items()})
+            return total, terms
+
+        def validate(net) -> dict:
+            rows = []
+            for f in val:
+                image = torch.from_numpy(f["image"]).permute(2, 0, 1).float().div(255)[None]
+                pred = net(image.to(device))[0][0, 0].double().cpu().numpy()
+                mask = f["mask"] if f["mask"] is not None else np.zeros(pred.shape, bool)
+                rows.append(depth_metrics(pred, f["depth"], mask))
+            out = {}
+            for key in ("rmse_retina_um", "rmse_instrument_um", "rmse_boundary_um"):
+                values = [r[key] for r in rows if r[key] is not None]
+                if values:
+                    out[key] = float(np.mean(values))
+            out["neg_rmse_um"] = -float(np.mean([r["rmse_interior_um"] for r in rows]))
+            return out
+
+        return TrainJob(
+            kind="depth",
+            net=DepthNet(cfg.net, cfg.imagenet_weights),
+            net_config=cfg.net.to_dict(),
+            data=DepthCrops(frames, cfg.crop, cfg.crops_per_frame, cfg.seed),
+            step=step,
+            validate=validate if val else None,
+            score="neg_rmse_um",
+        )
+
+    return run_training(cfg, build, progress)
