@@ -216,3 +216,72 @@ class StereoPair:
         with np.errstate(divide="ignore", invalid="ignore"):
             d = self.left.fx * self.baseline / z - self.doffs
         return np.where(np.isfinite(z) & (z > 0.0), d, np.nan)
+
+
+def _yaml_matrix(doc: dict, key: str, shape: tuple[int, int], path) -> np.ndarray:
+    entry = doc.get(key)
+    if not isinstance(entry, dict) or "data" not in entry:
+        raise InputError(f"{path}: calibration lacks {key} (a mapping with rows, cols, data)")
+    data = np.asarray(entry["data"], dtype=np.float64)
+    rows, cols = int(entry.get("rows", shape[0])), int(entry.get("cols", shape[1]))
+    if key != "distortion_coefficients" and (rows, cols) != shape:
+        raise InputError(f"{path}: {key} is {rows}x{cols}, expected {shape[0]}x{shape[1]}")
+    if data.size != rows * cols:
+        raise InputError(f"{path}: {key} has {data.size} values for {rows}x{cols}")
+    return data.reshape(rows, cols) if key != "distortion_coefficients" else data.ravel()
+
+
+def load_camera_yaml(path) -> CameraIntrinsics:
+    """A camera from the YAML that ROS camera calibration writes (image_width, image_height,
+    camera_matrix, distortion_model, distortion_coefficients, rectification_matrix,
+    projection_matrix)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise InputError(f"calibration file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"calibration file {path} is not YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"calibration file {path} holds no mapping")
+    for key in ("image_width", "image_height"):
+        if key not in doc:
+            raise InputError(f"{path}: calibration lacks {key}")
+    return CameraIntrinsics(
+        width=int(doc["image_width"]),
+        height=int(doc["image_height"]),
+        K=_yaml_matrix(doc, "camera_matrix", (3, 3), path),
+        P=_yaml_matrix(doc, "projection_matrix", (3, 4), path),
+        D=_yaml_matrix(doc, "distortion_coefficients", (1, 5), path)
+        if "distortion_coefficients" in doc
+        else np.zeros(5),
+        R=_yaml_matrix(doc, "rectification_matrix", (3, 3), path)
+        if "rectification_matrix" in doc
+        else np.eye(3),
+        distortion_model=str(doc.get("distortion_model", "plumb_bob")),
+    )
+
+
+def camera_yaml(cam: CameraIntrinsics, name: str = "camera") -> str:
+    """The ROS camera calibration YAML of a camera (what load_camera_yaml reads)."""
+    import yaml
+
+    def mat(a: np.ndarray) -> dict:
+        a = np.atleast_2d(a)
+        return {"rows": a.shape[0], "cols": a.shape[1], "data": a.ravel().tolist()}
+
+    return yaml.safe_dump(
+        {
+            "image_width": cam.width,
+            "image_height": cam.height,
+            "camera_name": name,
+            "camera_matrix": mat(cam.K),
+            "distortion_model": cam.distortion_model,
+            "distortion_coefficients": mat(cam.D[None]),
+            "rectification_matrix": mat(cam.R),
+            "projection_matrix": mat(cam.P),
+        },
+        sort_keys=False,
+    )

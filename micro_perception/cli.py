@@ -534,7 +534,12 @@ def cmd_eval_depth(args: argparse.Namespace) -> int:
     from micro_perception.training.depth_eval import evaluate_depth
 
     result = evaluate_depth(
-        args.data, args.methods, args.input, args.limit, progress=not args.json
+        args.data,
+        args.methods,
+        args.input,
+        args.limit,
+        progress=not args.json,
+        weights=args.weights,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -556,6 +561,64 @@ def cmd_eval_depth(args: argparse.Namespace) -> int:
             f"{fmt(r['rmse_interior_um'], '9.0f')} {fmt(r['absrel_from_retina'], '7.3f')} "
             f"{fmt(r['coverage'], '6.2f')} {fmt(r['ms'], '7.1f')}"
         )
+    return 0
+
+
+def cmd_depth(args: argparse.Namespace) -> int:
+    """Metric depth of the left image from image files and ROS calibration YAML files."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from micro_perception.camera import StereoPair, load_camera_yaml
+    from micro_perception.errors import InputError
+    from micro_perception.sim.preview import depth_colour
+
+    def read(path):
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise InputError(f"{path} is not a readable image")
+        return np.ascontiguousarray(img[..., ::-1])
+
+    left = read(args.left)
+    cams = [load_camera_yaml(p) for p in args.camera_info]
+    if (cams[0].width, cams[0].height) != (left.shape[1], left.shape[0]):
+        raise InputError(
+            f"{args.left} is {left.shape[1]}x{left.shape[0]}, but "
+            f"{args.camera_info[0]} says {cams[0].width}x{cams[0].height}"
+        )
+    if args.method == "stereo":
+        if args.right is None or len(cams) != 2:
+            raise InputError("--method stereo needs RIGHT and two --camera-info files")
+        from micro_perception.depth.stereo import stereo_depth
+
+        result = stereo_depth(left, read(args.right), StereoPair(cams[0], cams[1]))
+        depth = result.depth
+    else:
+        from micro_perception.depth.network import load_depth_net
+
+        if not args.weights:
+            raise InputError("--method net needs --weights (no depth weights ship yet)")
+        net = load_depth_net(args.weights)
+        with torch.inference_mode():
+            image = torch.from_numpy(left).permute(2, 0, 1).float().div(255)[None]
+            depth = net(image)[0][0, 0].numpy()
+    depth = depth.astype(np.float32)
+    if args.out.endswith(".npy"):
+        np.save(args.out, depth, allow_pickle=False)
+    elif args.out.endswith((".tif", ".tiff")):
+        if not cv2.imwrite(args.out, depth):
+            raise InputError(f"could not write {args.out}")
+    else:
+        raise InputError(f"--out must end in .npy or .tiff, got {args.out}")
+    if args.png:
+        cv2.imwrite(args.png, depth_colour(depth)[..., ::-1])
+    known = np.isfinite(depth)
+    print(
+        f"{args.method} depth of {args.left} -> {args.out} (float32 m; "
+        f"{100 * known.mean():.0f} % known"
+        + (f", median {np.median(depth[known]) * 1e3:.2f} mm)" if known.any() else ")")
+    )
     return 0
 
 
@@ -737,7 +800,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval_fusion)
     p = ev.add_parser("depth", help=cmd_eval_depth.__doc__)
     p.add_argument("--data", required=True)
-    p.add_argument("--methods", nargs="+", default=["stereo", "dff"], choices=["stereo", "dff"])
+    p.add_argument(
+        "--methods", nargs="+", default=["stereo", "dff"], choices=["net", "stereo", "dff"]
+    )
+    p.add_argument("--weights", help="depth network weights (for method net)")
     p.add_argument(
         "--input",
         default="fused",
@@ -747,6 +813,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_depth)
+    p = sub.add_parser("depth", help=cmd_depth.__doc__)
+    p.add_argument("left", help="left (rectified) image")
+    p.add_argument("right", nargs="?", help="right (rectified) image, for --method stereo")
+    p.add_argument(
+        "--camera-info",
+        nargs="+",
+        required=True,
+        help="LEFT.yaml [RIGHT.yaml] in ROS camera calibration format",
+    )
+    p.add_argument("--out", required=True, help="DEPTH.npy or DEPTH.tiff (float32, metres)")
+    p.add_argument("--method", default="stereo", choices=["stereo", "net"])
+    p.add_argument("--weights", help="depth network weights (for --method net)")
+    p.add_argument("--png", help="also write a colour map here")
+    p.set_defaults(func=cmd_depth)
     p = sub.add_parser("fuse", help=cmd_fuse.__doc__)
     p.add_argument("slices", nargs="+", help="slice images, or a folder of them (sorted)")
     p.add_argument("--out", required=True, help="output image (same bit depth as the input)")

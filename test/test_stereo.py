@@ -108,3 +108,117 @@ def test_eval_depth_json_on_a_small_set(tmp_path, run_cli, cli_json):
             result[method]
         )
     assert result["_meta"]["frames"] == 2
+
+
+def test_ros_calibration_yaml_round_trip_and_errors(tmp_path):
+    from micro_perception.camera import camera_yaml, load_camera_yaml
+
+    cam = OPTICS.right_camera()
+    path = tmp_path / "right.yaml"
+    path.write_text(camera_yaml(cam, "right"))
+    back = load_camera_yaml(path)
+    np.testing.assert_allclose(back.P, cam.P)
+    np.testing.assert_allclose(back.K, cam.K)
+    assert back.baseline == pytest.approx(0.022)
+    (tmp_path / "bad.yaml").write_text("image_width: 10\nimage_height: 10\n")
+    with pytest.raises(InputError, match="lacks camera_matrix"):
+        load_camera_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(InputError, match=r"missing\.yaml"):
+        load_camera_yaml(tmp_path / "missing.yaml")
+
+
+def test_depth_command_on_image_files(tmp_path, retina_pair, run_cli, cli_json):
+    import cv2
+
+    from micro_perception.camera import camera_yaml
+    from micro_perception.depth.network import DepthNet
+    from micro_perception.model_io import save_weights
+
+    cv2.imwrite(str(tmp_path / "l.png"), retina_pair.left.aif[..., ::-1])
+    cv2.imwrite(str(tmp_path / "r.png"), retina_pair.right.aif[..., ::-1])
+    (tmp_path / "l.yaml").write_text(camera_yaml(OPTICS.left_camera()))
+    (tmp_path / "r.yaml").write_text(camera_yaml(OPTICS.right_camera()))
+    run_cli(
+        "depth",
+        tmp_path / "l.png",
+        tmp_path / "r.png",
+        "--camera-info",
+        tmp_path / "l.yaml",
+        tmp_path / "r.yaml",
+        "--out",
+        tmp_path / "d.npy",
+        "--png",
+        tmp_path / "d.png",
+    )
+    depth = np.load(tmp_path / "d.npy")
+    ok = np.isfinite(depth)
+    assert ok.mean() > 0.7
+    assert np.median(np.abs(depth - retina_pair.left.depth)[ok]) < 100e-6
+    assert cv2.imread(str(tmp_path / "d.png")).shape == (256, 256, 3)
+    only_left = run_cli(
+        "depth",
+        tmp_path / "l.png",
+        "--camera-info",
+        tmp_path / "l.yaml",
+        "--out",
+        tmp_path / "x.npy",
+        check=False,
+    )
+    assert only_left.returncode == 2 and "needs RIGHT" in only_left.stderr
+    wrong = run_cli(
+        "depth",
+        tmp_path / "l.png",
+        tmp_path / "r.png",
+        "--camera-info",
+        tmp_path / "l.yaml",
+        tmp_path / "r.yaml",
+        "--out",
+        tmp_path / "x.png",
+        check=False,
+    )
+    assert wrong.returncode == 2 and ".npy or .tiff" in wrong.stderr
+    # A network weights file plugs into the command and into eval depth alike.
+    save_weights(tmp_path / "depth.pt", "depth", DepthNet().cfg.to_dict(), DepthNet().state_dict())
+    run_cli(
+        "depth",
+        tmp_path / "l.png",
+        "--camera-info",
+        tmp_path / "l.yaml",
+        "--out",
+        tmp_path / "n.tiff",
+        "--method",
+        "net",
+        "--weights",
+        tmp_path / "depth.pt",
+    )
+    assert cv2.imread(str(tmp_path / "n.tiff"), cv2.IMREAD_UNCHANGED).dtype == np.float32
+    data = tmp_path / "sim"
+    run_cli(
+        "simulate",
+        "--out",
+        data,
+        "--samples",
+        "1",
+        "--seed",
+        "4",
+        "--size",
+        "64",
+        "64",
+        "--slices",
+        "2",
+        "--json",
+    )
+    result = cli_json(
+        "eval",
+        "depth",
+        "--data",
+        str(data),
+        "--input",
+        "aif",
+        "--methods",
+        "net",
+        "stereo",
+        "--weights",
+        str(tmp_path / "depth.pt"),
+    )
+    assert {"net", "stereo"} <= set(result) and result["net"]["coverage"] == 1.0

@@ -137,3 +137,13 @@ class DepthNet(nn.Module):
             self.mask_head(joined), size=(h, w), mode="bilinear", align_corners=False
         )
         return self.cfg.z_ref + offset_mm * 1e-3, mask
+
+
+def load_depth_net(path, device: str | torch.device = "cpu") -> DepthNet:
+    """A DepthNet with the weights of ``path``, in eval mode, on ``device``."""
+    from micro_perception.model_io import load_into, load_weights
+
+    config, state, _ = load_weights(path, "depth")
+    net = DepthNet(DepthNetConfig.from_dict(config))
+    load_into(net, state, path)
+    return net.to(device).eval()

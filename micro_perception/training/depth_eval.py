@@ -29,7 +29,7 @@ from micro_perception.errors import InputError
 from micro_perception.fusion.fuser import Fuser
 from micro_perception.sim.dataset import find_stacks, read_ground_truth, read_rgb
 
-METHODS = ("stereo", "dff")
+METHODS = ("net", "stereo", "dff")
 BOUNDARY_PX = 3
 ABSREL_MIN_HEIGHT = 100e-6
 
@@ -70,10 +70,11 @@ def _pair(root: Path) -> StereoPair:
 
 def evaluate_depth(
     data: str | Path,
-    methods=METHODS,
+    methods=("stereo", "dff"),
     input_kind: str = "fused",
     limit: int | None = None,
     progress: bool = True,
+    weights: str | Path | None = None,
 ) -> dict:
     from tqdm import tqdm
 
@@ -85,6 +86,13 @@ def evaluate_depth(
     if input_kind not in ("fused", "aif"):
         raise InputError(f"input must be fused or aif, got {input_kind!r}")
     fuser = Fuser("net", "cpu") if input_kind == "fused" else None
+    net = None
+    if "net" in methods:
+        if weights is None:
+            raise InputError("method net needs --weights (a depth network weights file)")
+        from micro_perception.depth.network import load_depth_net
+
+        net = load_depth_net(weights)
     dff = Fuser("sml", "cpu")
     records = find_stacks(root)[:limit]
     per = {m: {"ms": []} for m in methods}
@@ -101,7 +109,11 @@ def evaluate_depth(
         mask = gts["left"].get("mask", np.zeros(gt.shape, bool))
         for m in methods:
             t0 = time.perf_counter()
-            if m == "stereo":
+            if m == "net":
+                with torch.inference_mode():
+                    x = torch.from_numpy(images["left"]).permute(2, 0, 1).float().div(255)
+                    pred = net(x[None])[0][0, 0].numpy()
+            elif m == "stereo":
                 pred = stereo_depth(images["left"], images["right"], pair).depth
             else:
                 if rec.focus_distances is None:
