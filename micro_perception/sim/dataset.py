@@ -127,6 +127,16 @@ def dataset_header(spec: SimulationSpec, split: str, base_seed: int, samples: in
 # --- reading ---------------------------------------------------------------------------------
 
 
+def dataset_stereo_pair(root: Path):
+    """The camera_info pair a dataset.json records (a StereoPair)."""
+    from micro_perception.camera import StereoPair
+
+    header = Path(root) / "dataset.json"
+    if not header.is_file():
+        raise InputError(f"{root} has no dataset.json with the camera_info pair")
+    return StereoPair.from_dict(json.loads(header.read_text())["camera_info"])
+
+
 @dataclass
 class StackRecord:
     """Where the files of one focal stack are, and what is known about it."""

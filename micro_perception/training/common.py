@@ -14,6 +14,22 @@ from micro_perception.errors import InputError
 from micro_perception.inference import pick_device
 
 
+class TrainConfigBase:
+    """What every trainer's dataclass config shares: the checkpoint beside ``out`` and a
+    JSON-ready dict (the network config flattened by its own ``to_dict``)."""
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{self.out}.ckpt"
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["net"] = self.net.to_dict()
+        return d
+
+
 @dataclass
 class Distributed:
     """Where this process stands in a torchrun job (world of 1 without torchrun)."""

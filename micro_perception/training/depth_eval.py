@@ -15,7 +15,6 @@ on each eye's sweep (``input="fused"``) or the ground-truth all-in-focus images 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,11 +22,15 @@ import cv2
 import numpy as np
 import torch
 
-from micro_perception.camera import StereoPair
 from micro_perception.depth.stereo import stereo_depth
 from micro_perception.errors import InputError
 from micro_perception.fusion.fuser import Fuser
-from micro_perception.sim.dataset import find_stacks, read_ground_truth, read_rgb
+from micro_perception.sim.dataset import (
+    dataset_stereo_pair,
+    find_stacks,
+    read_ground_truth,
+    read_rgb,
+)
 
 METHODS = ("net", "stereo", "dff")
 BOUNDARY_PX = 3
@@ -61,13 +64,6 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict:
     }
 
 
-def _pair(root: Path) -> StereoPair:
-    header = root / "dataset.json"
-    if not header.is_file():
-        raise InputError(f"{root} has no dataset.json with the camera_info pair")
-    return StereoPair.from_dict(json.loads(header.read_text())["camera_info"])
-
-
 def evaluate_depth(
     data: str | Path,
     methods=("stereo", "dff"),
@@ -79,7 +75,7 @@ def evaluate_depth(
     from tqdm import tqdm
 
     root = Path(data)
-    pair = _pair(root)
+    pair = dataset_stereo_pair(root)
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise InputError(f"unknown depth methods {sorted(unknown)}; known: {list(METHODS)}")

@@ -15,21 +15,24 @@ jitter changes only the image.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from micro_perception.camera import StereoPair
 from micro_perception.depth.network import DepthNet, DepthNetConfig
 from micro_perception.depth.stereo import stereo_depth
 from micro_perception.errors import InputError
 from micro_perception.fusion.fuser import Fuser
-from micro_perception.sim.dataset import find_stacks, read_ground_truth, read_rgb
-from micro_perception.training.common import TrainJob, run_training
+from micro_perception.sim.dataset import (
+    dataset_stereo_pair,
+    find_stacks,
+    read_ground_truth,
+    read_rgb,
+)
+from micro_perception.training.common import TrainConfigBase, TrainJob, run_training
 from micro_perception.training.depth_eval import depth_metrics
 from micro_perception.training.depth_losses import DepthLossWeights, depth_loss, depth_terms
 
@@ -37,7 +40,7 @@ SUPERVISION = ("gt", "stereo", "mixed")
 
 
 @dataclass
-class DepthTrainConfig:
+class DepthTrainConfig(TrainConfigBase):
     data: str = ""
     val: str | None = None
     out: str = "depth.pt"
@@ -69,29 +72,13 @@ class DepthTrainConfig:
         if self.input not in ("aif", "fused"):
             raise InputError(f"input must be aif or fused, got {self.input!r}")
 
-    @property
-    def checkpoint(self) -> str:
-        return f"{self.out}.ckpt"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["net"] = self.net.to_dict()
-        return d
-
-
-def _pair(root: Path) -> StereoPair:
-    header = root / "dataset.json"
-    if not header.is_file():
-        raise InputError(f"{root} has no dataset.json: stereo supervision needs its camera_info")
-    return StereoPair.from_dict(json.loads(header.read_text())["camera_info"])
-
 
 def load_frames(root: str, cfg: DepthTrainConfig, supervision: str) -> list[dict]:
     """Every frame's input image and targets, in memory."""
     root = Path(root)
     use_gt = supervision in ("gt", "mixed")
     use_teacher = supervision in ("stereo", "mixed")
-    pair = _pair(root) if use_teacher else None
+    pair = dataset_stereo_pair(root) if use_teacher else None
     fuser = Fuser("net", "cpu") if cfg.input == "fused" else None
     frames = []
     for rec in find_stacks(root):

@@ -12,7 +12,7 @@ written to ``--out`` as a weights file (see micro_perception.model_io). TensorBo
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import kornia
@@ -23,12 +23,12 @@ from torch.utils.data import Dataset
 from micro_perception.errors import InputError
 from micro_perception.fusion.network import FusionNet, FusionNetConfig
 from micro_perception.sim.dataset import find_stacks, read_ground_truth, read_rgb
-from micro_perception.training.common import TrainJob, run_training
+from micro_perception.training.common import TrainConfigBase, TrainJob, run_training
 from micro_perception.training.losses import FusionLoss, FusionLossWeights
 
 
 @dataclass
-class FusionTrainConfig:
+class FusionTrainConfig(TrainConfigBase):
     data: str = ""
     val: str | None = None
     out: str = "fusion.pt"
@@ -49,15 +49,6 @@ class FusionTrainConfig:
     vgg_weights: str | None = None
     loss: FusionLossWeights = field(default_factory=FusionLossWeights)
     net: FusionNetConfig = field(default_factory=FusionNetConfig)
-
-    @property
-    def checkpoint(self) -> str:
-        return f"{self.out}.ckpt"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["net"] = self.net.to_dict()
-        return d
 
 
 def load_stacks(root: str, eyes=("left", "right"), threads: int = 4) -> list[tuple]:
