@@ -237,3 +237,31 @@ def run_training(cfg, build, progress: bool = True) -> dict:
         writer.close()
     dd.close()
     return {"out": cfg.out, "best": best, "score": job.score, "history": history}
+
+
+class RandomCrops(torch.utils.data.Dataset):
+    """Each item ``repeat`` times per epoch at a random square crop. A draw depends only on
+    (seed, epoch, index), so runs repeat and DDP ranks need not share state. Subclasses give the
+    item's image size and build the sample from :meth:`draw`."""
+
+    def __init__(self, items: list, crop: int, repeat: int, seed: int):
+        self.items, self.crop, self.repeat, self.seed = items, crop, repeat, seed
+        self.epoch = 0
+        h, w = self.size_of(items[0])
+        if crop > min(h, w):
+            raise InputError(f"crop {crop} is larger than the images ({h}x{w})")
+
+    def size_of(self, item) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def draw(self, i: int):
+        """(rng, item, rows, cols): the generator for this draw, the item and its crop."""
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        item = self.items[i % len(self.items)]
+        h, w = self.size_of(item)
+        y = int(rng.integers(0, h - self.crop + 1))
+        x = int(rng.integers(0, w - self.crop + 1))
+        return rng, item, slice(y, y + self.crop), slice(x, x + self.crop)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from micro_perception.depth.network import DepthNet, DepthNetConfig
 from micro_perception.depth.stereo import stereo_depth
@@ -32,7 +31,12 @@ from micro_perception.sim.dataset import (
     read_ground_truth,
     read_rgb,
 )
-from micro_perception.training.common import TrainConfigBase, TrainJob, run_training
+from micro_perception.training.common import (
+    RandomCrops,
+    TrainConfigBase,
+    TrainJob,
+    run_training,
+)
 from micro_perception.training.depth_eval import depth_metrics
 from micro_perception.training.depth_losses import DepthLossWeights, depth_loss, depth_terms
 
@@ -113,28 +117,20 @@ def load_frames(root: str, cfg: DepthTrainConfig, supervision: str) -> list[dict
     return frames
 
 
-class DepthCrops(Dataset):
-    def __init__(self, frames: list[dict], crop: int, repeat: int, seed: int):
-        self.frames, self.crop, self.repeat, self.seed = frames, crop, repeat, seed
-        self.epoch = 0
-        h, w = frames[0]["image"].shape[:2]
-        if crop > min(h, w):
-            raise InputError(f"crop {crop} is larger than the images ({h}x{w})")
+class DepthCrops(RandomCrops):
+    """Random crops of in-memory frames, flipped alike, with photometric jitter on the image."""
 
-    def __len__(self) -> int:
-        return len(self.frames) * self.repeat
+    def size_of(self, item) -> tuple[int, int]:
+        return item["image"].shape[:2]
 
     def __getitem__(self, i: int):
-        rng = np.random.default_rng((self.seed, self.epoch, i))
-        f = self.frames[i % len(self.frames)]
-        h, w = f["image"].shape[:2]
-        y, x = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+        rng, f, rows, cols = self.draw(i)
         flip_x, flip_y = rng.uniform() < 0.5, rng.uniform() < 0.5
 
         def take(a, fill=np.nan):
             if a is None:
                 return np.full((self.crop, self.crop), fill, np.float32)
-            a = a[y : y + self.crop, x : x + self.crop]
+            a = a[rows, cols]
             a = a[:, ::-1] if flip_x else a
             a = a[::-1] if flip_y else a
             return np.ascontiguousarray(a, dtype=np.float32)

@@ -18,12 +18,16 @@ from pathlib import Path
 import kornia
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from micro_perception.errors import InputError
 from micro_perception.fusion.network import FusionNet, FusionNetConfig
 from micro_perception.sim.dataset import find_stacks, read_ground_truth, read_rgb
-from micro_perception.training.common import TrainConfigBase, TrainJob, run_training
+from micro_perception.training.common import (
+    RandomCrops,
+    TrainConfigBase,
+    TrainJob,
+    run_training,
+)
 from micro_perception.training.losses import FusionLoss, FusionLossWeights
 
 
@@ -67,30 +71,15 @@ def load_stacks(root: str, eyes=("left", "right"), threads: int = 4) -> list[tup
         return list(pool.map(one, jobs))
 
 
-class StackCrops(Dataset):
+class StackCrops(RandomCrops):
     """Random aligned crops of in-memory stacks, flipped and rotated alike."""
 
-    def __init__(self, stacks: list[tuple], crop: int, crops_per_stack: int, seed: int):
-        self.stacks = stacks
-        self.crop = crop
-        self.repeat = crops_per_stack
-        self.seed = seed
-        self.epoch = 0
-        h, w = stacks[0][1].shape[:2]
-        if crop > min(h, w):
-            raise InputError(f"crop {crop} is larger than the images ({h}x{w})")
-
-    def __len__(self) -> int:
-        return len(self.stacks) * self.repeat
+    def size_of(self, item) -> tuple[int, int]:
+        return item[1].shape[:2]
 
     def __getitem__(self, i: int):
-        rng = np.random.default_rng((self.seed, self.epoch, i))
-        slices, aif = self.stacks[i % len(self.stacks)]
-        h, w = aif.shape[:2]
-        y = int(rng.integers(0, h - self.crop + 1))
-        x = int(rng.integers(0, w - self.crop + 1))
-        s = slices[:, y : y + self.crop, x : x + self.crop]
-        a = aif[y : y + self.crop, x : x + self.crop]
+        rng, (slices, aif), rows, cols = self.draw(i)
+        s, a = slices[:, rows, cols], aif[rows, cols]
         k = int(rng.integers(0, 4))
         s, a = np.rot90(s, k, axes=(1, 2)), np.rot90(a, k, axes=(0, 1))
         if rng.uniform() < 0.5:
