@@ -1,0 +1,218 @@
+"""One frame of the depth node's work, shared by the node, the CLI and the evaluations (no ROS).
+
+Rectified all-in-focus pair in; out: the left depth (m, NaN unknown), the instrument masks of
+both views, and the instrument-to-retina measurement. Estimators of the depth image:
+
+* ``stereo``: the stereo teacher (semi-global matching), unknown where it is not confident.
+* ``net``: the depth network's own depth.
+* ``fused``: the stereo depth on the retina, with the retina model (the fitted sphere) in the
+  band around the instrument where matching smears foreground into background, and the
+  instrument's pixels from its fitted 3D model (silhouettes of both views, see geometry.py),
+  whose depth is free of the highlight bias stereo has on polished steel. Pixels neither cue
+  explains stay unknown.
+
+Instrument masks come from the depth network's mask head run on both views. Without network
+weights, the left mask is the pixels standing ``min_height`` above the fitted retina (a stereo
+cue: it misses the tip when it touches, and gives no right mask, so the distance comes from the
+depth map and is flagged as biased).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from micro_perception.camera import StereoPair
+from micro_perception.depth.stereo import StereoConfig, stereo_depth
+from micro_perception.errors import InputError
+from micro_perception.geometry import (
+    GeometryConfig,
+    Measurement,
+    back_project,
+    fit_sphere,
+    measure,
+    retina_points,
+)
+from micro_perception.inference import pick_device
+
+ESTIMATORS = ("fused", "stereo", "net")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    estimator: str = "fused"
+    mask_threshold: float = 0.5  # on the mask head's probability
+    min_height: float = 150e-6  # m above the retina: the mask without a network
+    boundary_band_px: int = 4  # retina pixels this close to the instrument take the retina model
+    retina_tolerance: float = 0.5e-3  # m off the retina model: a stereo mismatch, made unknown
+    stereo: StereoConfig = field(default_factory=StereoConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise InputError(
+                f"estimator must be one of {list(ESTIMATORS)}, got {self.estimator!r}"
+            )
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise InputError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if self.boundary_band_px < 0:
+            raise InputError(f"boundary_band_px must be >= 0, got {self.boundary_band_px}")
+
+
+@dataclass
+class FrameResult:
+    depth: np.ndarray  # (H, W) float32, m, NaN unknown
+    mask: np.ndarray  # (H, W) bool, left view
+    right_mask: np.ndarray | None
+    measurement: Measurement
+    ms: dict[str, float]  # per stage
+
+
+def render_instrument_depth(
+    pair: StereoPair, m: Measurement, pixels: np.ndarray, cfg: GeometryConfig
+) -> np.ndarray:
+    """Depth of the fitted instrument model seen through ``pixels`` ((N, 2) u, v); NaN on a
+    miss. The model is the working-end capsule then the shaft, extended out of the view."""
+    from micro_perception.sim.render import ray_capsule
+    from micro_perception.sim.scene import Capsule
+
+    if m.axis is None or m.tip_xyz is None or len(pixels) == 0:
+        return np.full(len(pixels), np.nan)
+    r_tip = float(np.linalg.norm(m.tip_xyz - m.centre_xyz))
+    caps = (
+        Capsule(m.centre_xyz, m.centre_xyz + cfg.shaft_start * m.axis, r_tip),
+        Capsule(m.centre_xyz + cfg.shaft_start * m.axis, m.centre_xyz + 0.05 * m.axis, m.radius),
+    )
+    rays = back_project(pair, pixels[:, 0], pixels[:, 1], np.ones(len(pixels)))
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    t = np.full(len(pixels), np.inf)
+    for cap in caps:
+        t = np.minimum(t, ray_capsule(np.zeros(3), rays, cap)[0])
+    z = rays[:, 2] * t
+    return np.where(np.isfinite(z), z, np.nan)
+
+
+class DepthPipeline:
+    def __init__(
+        self,
+        cfg: PipelineConfig | None = None,
+        weights: str | Path | None = None,
+        device: str = "auto",
+    ):
+        self.cfg = cfg or PipelineConfig()
+        self.device = pick_device(device)
+        self.net = None
+        if weights is not None:
+            from micro_perception.depth.network import load_depth_net
+
+            self.net = load_depth_net(weights, self.device)
+        if self.cfg.estimator == "net" and self.net is None:
+            raise InputError("estimator net needs depth network weights (a weights file)")
+
+    @torch.inference_mode()
+    def run_net(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Depth (m) and mask probability of each RGB image, as (N, H, W) float32 arrays."""
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(i)) for i in images])
+        x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        depth, logits = self.net(x)
+        return depth[:, 0].float().cpu().numpy(), torch.sigmoid(logits[:, 0]).float().cpu().numpy()
+
+    def __call__(
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        pair: StereoPair,
+        masks: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> FrameResult:
+        """``masks``: given instrument masks of both views (an evaluation's oracle)."""
+        cfg = self.cfg
+        if left.ndim != 3 or left.shape[2] != 3 or left.shape != right.shape:
+            raise InputError(
+                f"need two RGB images of one size, got {left.shape} and {right.shape}"
+            )
+        ms: dict[str, float] = {}
+        t0 = time.perf_counter()
+        st = stereo_depth(left, right, pair, cfg.stereo)
+        ms["stereo"] = (time.perf_counter() - t0) * 1e3
+        net_depth = right_mask = None
+        if masks is not None:
+            mask, right_mask = masks[0] > 0, masks[1] > 0
+            if self.net is not None and cfg.estimator == "net":
+                net_depth = self.run_net([left])[0][0]
+        elif self.net is not None:
+            t0 = time.perf_counter()
+            depths, probs = self.run_net([left, right])
+            ms["net"] = (time.perf_counter() - t0) * 1e3
+            net_depth = depths[0]
+            mask, right_mask = probs[0] >= cfg.mask_threshold, probs[1] >= cfg.mask_threshold
+        else:
+            mask = self._height_mask(st.depth, st.confidence, pair)
+        t0 = time.perf_counter()
+        m = measure(pair, st.depth, mask, right_mask, st.confidence, cfg.geometry)
+        ms["geometry"] = (time.perf_counter() - t0) * 1e3
+        if cfg.estimator == "stereo":
+            depth = st.depth
+        elif cfg.estimator == "net":
+            depth = net_depth
+        else:
+            t0 = time.perf_counter()
+            depth = self._fuse(st.depth, mask, m, pair)
+            ms["fuse"] = (time.perf_counter() - t0) * 1e3
+        return FrameResult(depth.astype(np.float32), mask, right_mask, m, ms)
+
+    def _height_mask(self, depth, confidence, pair) -> np.ndarray:
+        """Pixels standing min_height above a sphere fitted to all confident depth."""
+        try:
+            sphere = fit_sphere(
+                retina_points(depth, pair, None, confidence, self.cfg.geometry),
+                self.cfg.geometry,
+            )
+        except InputError:
+            return np.zeros(depth.shape, bool)
+        v, u = np.mgrid[0 : depth.shape[0], 0 : depth.shape[1]]
+        pts = back_project(pair, u, v, np.nan_to_num(depth, nan=0.0))
+        below = sphere.depth_at(pts[..., 0], pts[..., 1])
+        with np.errstate(invalid="ignore"):
+            high = np.isfinite(depth) & (below - depth > self.cfg.min_height)
+        return cv2.morphologyEx(high.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3))) > 0
+
+    def _fuse(self, stereo: np.ndarray, mask: np.ndarray, m: Measurement, pair) -> np.ndarray:
+        depth = stereo.copy()
+        if m.retina is None:
+            return depth
+        k = 2 * self.cfg.boundary_band_px + 1
+        band = (cv2.dilate(mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & ~mask
+        far = ~mask & ~band & np.isfinite(depth)
+        v, u = np.nonzero(far)
+        if len(u):
+            rays = back_project(pair, u, v, np.ones(len(u)))
+            model = _ray_sphere_far(rays, m.retina.centre, m.retina.radius)
+            off = ~(np.abs(depth[v, u] - model) <= self.cfg.retina_tolerance)
+            depth[v[off], u[off]] = np.nan
+        v, u = np.nonzero(band)
+        if len(u):
+            # The retina under a pixel's ray: the sphere's far intersection.
+            rays = back_project(pair, u, v, np.ones(len(u)))
+            depth[v, u] = _ray_sphere_far(rays, m.retina.centre, m.retina.radius)
+        v, u = np.nonzero(mask)
+        if len(u):
+            model = render_instrument_depth(
+                pair, m, np.stack([u, v], 1).astype(float), self.cfg.geometry
+            )
+            depth[v, u] = model  # NaN where the model misses: no cue we trust there
+        return depth
+
+
+def _ray_sphere_far(rays: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """z of the far intersection of rays (from the origin, with z = 1 scale) with a sphere."""
+    d = rays / np.linalg.norm(rays, axis=1, keepdims=True)
+    b = d @ centre
+    h = b * b - (centre @ centre - radius * radius)
+    with np.errstate(invalid="ignore"):
+        t = b + np.sqrt(h)
+    return np.where(h >= 0, d[:, 2] * t, np.nan)

@@ -1,0 +1,609 @@
+"""Instrument-to-retina geometry from depth and instrument masks (no ROS).
+
+Coordinates are the left camera's optical frame in metres (x right, y down, z away from the
+microscope), the frame every output of the depth node uses.
+
+* **Retina**: a sphere (the eye's posterior wall) fitted to back-projected retina depth by RANSAC
+  and then least squares, excluding the instrument, a margin around it and unconfident pixels
+  (its shadow has little texture, so stereo gives it no confidence). The inliers' RMS distance to
+  the sphere is the fit's quality figure.
+* **Instrument**: the largest mask component; the end of its principal axis nearer the image
+  border (or the vignette) is where it enters, the other end is the tip, located at sub-pixel
+  precision along the axis. The shaft's width across that axis gives its radius.
+* **Shaft in 3D**: the cameras see the top of a polished, curved instrument, whose stereo depth
+  is biased by view-dependent highlights. Silhouettes are not: where the shaft crosses image rows,
+  the centre of the left mask's run and of the right mask's run on the same row are the same
+  axis point, so their disparity gives the axis depth without any highlight bias
+  (``method="silhouette"``). A shaft nearly parallel to the rows is matched instead by its tip
+  in both views (``"tip"``), and with no right mask by the depth map on the shaft plus its
+  radius (``"depth"``, biased by the highlights, reported as such).
+* **Distance**: the distal shaft is a capsule (axis segment plus radius) ending at the tip. The
+  gap along the retina normal is ``R - |p - c| - r`` minimised over the axis (p on the axis, c
+  and R the sphere); along the optical axis, the smallest depth difference between the capsule's
+  surface and the retina straight below it. Both subtract the instrument's thickness, so they
+  measure from its unseen underside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from micro_perception.camera import StereoPair
+from micro_perception.errors import InputError
+
+DISTANCE_MODES = ("normal", "axial")
+METHODS = ("silhouette", "tip", "depth")
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    min_instrument_px: int = 60  # smaller mask components are not an instrument
+    retina_margin_px: int = 10  # excluded around the instrument (mixed pixels, its shadow edge)
+    min_confidence: float = 0.2  # stereo confidence a retina point needs
+    min_retina_points: int = 400
+    max_retina_points: int = 6000  # subsampled for the fit
+    ransac_iterations: int = 100
+    ransac_threshold: float = 60e-6  # m from the sphere to count as an inlier
+    radius_range: tuple[float, float] = (5e-3, 40e-3)  # m, plausible eye radii
+    shaft_start: float = 1.6e-3  # m behind the tip where the plain shaft begins (jaws, blades)
+    shaft_length: float = 3.0e-3  # m of shaft used for the axis
+    tip_zone: tuple[float, float] = (0.4e-3, 0.9e-3)  # m behind the tip: the working end's width
+    min_rows: int = 12  # rows crossing the shaft needed for the silhouette method
+    min_row_angle_deg: float = 15.0  # shafts flatter than this are matched by their tip
+    max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
+    # Instruments enter through the pars plana, this far (deg) from the posterior pole: the
+    # slope of a shaft lying along the image rows, which stereo cannot see, is the one that
+    # leaves the eye there.
+    port_polar_deg: float = 110.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.min_instrument_px < 1 or self.min_retina_points < 10:
+            raise InputError("min_instrument_px must be >= 1 and min_retina_points >= 10")
+        if not 0 < self.ransac_threshold < 1e-3:
+            raise InputError(f"ransac_threshold must be in (0, 1 mm), got {self.ransac_threshold}")
+        if self.shaft_length <= 0 or self.shaft_start < 0:
+            raise InputError("shaft_length must be > 0 and shaft_start >= 0")
+
+
+@dataclass
+class SphereFit:
+    centre: np.ndarray  # (3,) m
+    radius: float  # m
+    residual: float  # RMS distance of the inliers to the sphere, m
+    inliers: int
+
+    def depth_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """z of the far (retina) side of the sphere below lateral positions; NaN outside it."""
+        dx, dy = x - self.centre[0], y - self.centre[1]
+        h2 = self.radius**2 - dx * dx - dy * dy
+        with np.errstate(invalid="ignore"):
+            return self.centre[2] + np.sqrt(h2)
+
+    def gap(self, points: np.ndarray) -> np.ndarray:
+        """Distance of points inside the eye to the sphere, along its normal."""
+        return self.radius - np.linalg.norm(points - self.centre, axis=-1)
+
+    def foot(self, point: np.ndarray) -> np.ndarray:
+        """The sphere point nearest ``point`` (along the normal)."""
+        v = point - self.centre
+        return self.centre + v / np.linalg.norm(v) * self.radius
+
+
+@dataclass
+class Instrument2D:
+    tip_px: np.ndarray  # (2,) u, v sub-pixel
+    direction: np.ndarray  # (2,) unit, from the tip along the shaft, image coordinates
+    radius_px: float  # the shaft's
+    tip_radius_px: float  # the working end's (jaws, blades) just behind the tip
+    mask: np.ndarray  # (H, W) bool, the chosen component
+    area: int
+
+
+@dataclass
+class Measurement:
+    """One frame's result. Distances are inf when unknown; ``reason`` then says why."""
+
+    reason: str = ""
+    method: str = ""
+    tip_px: np.ndarray | None = None
+    tip_xyz: np.ndarray | None = None  # the instrument's extreme point, m
+    centre_xyz: np.ndarray | None = None  # centre of its rounded working end, m
+    nearest_xyz: np.ndarray | None = None  # instrument surface point nearest the retina
+    retina_xyz: np.ndarray | None = None  # its foot on the retina
+    radius: float = float("nan")  # shaft radius, m
+    axis: np.ndarray | None = None  # (3,) unit, from the tip along the shaft
+    distance_normal: float = float("inf")
+    distance_axial: float = float("inf")
+    retina: SphereFit | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason and np.isfinite(self.distance_normal)
+
+    def distance(self, mode: str = "normal") -> float:
+        if mode not in DISTANCE_MODES:
+            raise InputError(f"distance mode must be one of {DISTANCE_MODES}, got {mode!r}")
+        return self.distance_normal if mode == "normal" else self.distance_axial
+
+
+def back_project(pair: StereoPair, u: np.ndarray, v: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Pixel coordinates and depth to (..., 3) points in the left optical frame."""
+    cam = pair.left
+    u, v, z = np.broadcast_arrays(np.asarray(u, float), np.asarray(v, float), np.asarray(z, float))
+    return np.stack([(u - cam.cx) * z / cam.fx, (v - cam.cy) * z / cam.fy, z], -1)
+
+
+def project(pair: StereoPair, points: np.ndarray) -> np.ndarray:
+    cam = pair.left
+    p = np.asarray(points, float)
+    return np.stack(
+        [cam.fx * p[..., 0] / p[..., 2] + cam.cx, cam.fy * p[..., 1] / p[..., 2] + cam.cy], -1
+    )
+
+
+# --- retina ----------------------------------------------------------------------------------
+
+
+def _sphere_lstsq(p: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Algebraic sphere through points (centred and scaled for conditioning)."""
+    mean = p.mean(0)
+    q = (p - mean) * 1e3  # mm
+    a = np.concatenate([q, np.ones((len(q), 1))], 1)
+    b = -(q**2).sum(1)
+    try:
+        sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    except np.linalg.LinAlgError:
+        return None
+    c = -sol[:3] / 2
+    r2 = c @ c - sol[3]
+    if not np.isfinite(r2) or r2 <= 0:
+        return None
+    return c * 1e-3 + mean, float(np.sqrt(r2)) * 1e-3
+
+
+def fit_sphere(points: np.ndarray, cfg: GeometryConfig | None = None) -> SphereFit:
+    """RANSAC then least squares; raises InputError when no plausible sphere fits."""
+    cfg = cfg or GeometryConfig()
+    p = np.asarray(points, float).reshape(-1, 3)
+    p = p[np.isfinite(p).all(1)]
+    if len(p) < cfg.min_retina_points:
+        raise InputError(f"{len(p)} retina points, need {cfg.min_retina_points}")
+    rng = np.random.default_rng(cfg.seed)
+    if len(p) > cfg.max_retina_points:
+        p = p[rng.choice(len(p), cfg.max_retina_points, replace=False)]
+    lo, hi = cfg.radius_range
+    best, best_count = None, 0
+    for _ in range(cfg.ransac_iterations):
+        fit = _sphere_lstsq(p[rng.choice(len(p), 4, replace=False)])
+        if fit is None or not lo <= fit[1] <= hi or fit[0][2] >= p[:, 2].mean():
+            continue  # the retina is the sphere's far wall: its centre is nearer the camera
+        count = int(
+            (np.abs(np.linalg.norm(p - fit[0], axis=1) - fit[1]) < cfg.ransac_threshold).sum()
+        )
+        if count > best_count:
+            best, best_count = fit, count
+    if best is None:
+        raise InputError("no plausible sphere fits the retina points")
+    for _ in range(3):  # refit on the inliers of the current sphere
+        inl = np.abs(np.linalg.norm(p - best[0], axis=1) - best[1]) < cfg.ransac_threshold
+        if inl.sum() < cfg.min_retina_points // 2:
+            break
+        fit = _sphere_lstsq(p[inl])
+        if fit is None:
+            break
+        best = fit
+    dist = np.abs(np.linalg.norm(p - best[0], axis=1) - best[1])
+    inl = dist < cfg.ransac_threshold
+    if inl.sum() < cfg.min_retina_points // 2:
+        raise InputError(f"only {int(inl.sum())} retina points agree with one sphere")
+    if not lo <= best[1] <= hi:
+        raise InputError(f"retina fit radius {best[1] * 1e3:.1f} mm is implausible")
+    return SphereFit(best[0], best[1], float(np.sqrt(np.mean(dist[inl] ** 2))), int(inl.sum()))
+
+
+def retina_points(
+    depth: np.ndarray,
+    pair: StereoPair,
+    instrument: np.ndarray | None,
+    confidence: np.ndarray | None = None,
+    cfg: GeometryConfig | None = None,
+) -> np.ndarray:
+    """Back-projected depth pixels that may be retina: away from the instrument, confident."""
+    cfg = cfg or GeometryConfig()
+    ok = np.isfinite(depth)
+    if confidence is not None:
+        ok &= confidence >= cfg.min_confidence
+    if instrument is not None and instrument.any():
+        k = 2 * cfg.retina_margin_px + 1
+        near = cv2.dilate(instrument.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+        ok &= ~near
+    v, u = np.nonzero(ok)
+    return back_project(pair, u, v, depth[v, u])
+
+
+# --- instrument in the image -----------------------------------------------------------------
+
+
+def _largest_component(mask: np.ndarray, min_px: int) -> np.ndarray | None:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return None
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[i, cv2.CC_STAT_AREA] < min_px:
+        return None
+    return labels == i
+
+
+def _border_distance(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    return np.minimum.reduce([pts[:, 0], pts[:, 1], w - 1 - pts[:, 0], h - 1 - pts[:, 1]])
+
+
+def _centre_line(comp: np.ndarray, horizontal: bool):
+    """The shaft's centre line from the centres of the runs across it: (point, unit direction,
+    perpendicular width in px), or None. Runs cut by the image border, split runs and runs of
+    another length than the shaft's (the rounded end, jaws, blades) are left out."""
+    m = comp.T if horizontal else comp
+    centre, length, single = _row_centres(m)
+    n = m.shape[1]
+    first = centre - (length - 1) / 2
+    last = centre + (length - 1) / 2
+    ok = single & (first > 0) & (last < n - 1)
+    if ok.sum() < 5:
+        return None
+    med = float(np.median(length[ok]))
+    ok &= np.abs(length - med) <= 0.2 * med + 1
+    if ok.sum() < 5:
+        return None
+    rows = np.nonzero(ok)[0].astype(float)
+    a, b = _robust_line_1d(rows, centre[ok])
+    r0 = rows.mean()
+    point = np.array([a + b * r0, r0])
+    direction = np.array([b, 1.0]) / np.hypot(b, 1.0)
+    width = float(np.median(length[ok])) / np.hypot(b, 1.0)
+    if horizontal:
+        point, direction = point[::-1], direction[::-1]
+    return point, direction, width
+
+
+def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | None = None):
+    """The instrument's tip, shaft direction and radius in the image, or None.
+
+    ``px_per_m`` converts the config's lengths to pixels (fx / working depth).
+    """
+    cfg = cfg or GeometryConfig()
+    comp = _largest_component(mask > 0, cfg.min_instrument_px)
+    if comp is None:
+        return None
+    v, u = np.nonzero(comp)
+    pts = np.stack([u, v], 1).astype(np.float64)
+    centroid = pts.mean(0)
+    _, _, vt = np.linalg.svd(pts - centroid, full_matrices=False)
+    axis = vt[0]
+    line = _centre_line(comp, abs(axis[0]) >= abs(axis[1]))
+    if line is not None:
+        centroid, axis, width = line
+    else:  # too short to scan: the principal axis and the extent across it
+        t = (pts - centroid) @ np.array([-axis[1], axis[0]])
+        width = float(np.percentile(t, 95) - np.percentile(t, 5)) + 1.0
+    s = (pts - centroid) @ axis
+    ends = np.stack([pts[np.argmin(s)], pts[np.argmax(s)]])
+    # The end nearer the border (or the vignette's dark rim) is where the shaft enters.
+    near_border = _border_distance(ends, comp.shape)
+    direction = axis if near_border[1] < near_border[0] else -axis  # tip -> shaft
+    s = (pts - centroid) @ direction
+    along = s - s.min()
+    radius_px = width / 2
+    # The working end's width just behind the tip (jaws and blades are thinner than the shaft).
+    normal = np.array([-direction[1], direction[0]])
+    t = (pts - centroid) @ normal
+    end = (along >= cfg.tip_zone[0] * px_per_m) & (along <= cfg.tip_zone[1] * px_per_m)
+    tip_radius_px = radius_px
+    if end.sum() >= 10:
+        bins = np.floor(along[end]).astype(np.int64)
+        lo = np.full(bins.max() + 1, np.inf)
+        hi = np.full(bins.max() + 1, -np.inf)
+        np.minimum.at(lo, bins, t[end])
+        np.maximum.at(hi, bins, t[end])
+        filled = np.isfinite(lo)
+        tip_radius_px = min(radius_px, float(np.median((hi - lo)[filled] + 1.0)) / 2)
+    # Tip: the extreme pixel along the axis, on the axis line, half a pixel beyond its centre.
+    tip = centroid + (s.min() - 0.5) * direction
+    return Instrument2D(tip, direction, radius_px, tip_radius_px, comp, int(comp.sum()))
+
+
+# --- the shaft in 3D ---------------------------------------------------------------------------
+
+
+def _row_centres(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the run's centre, its length, and whether the row holds one contiguous run."""
+    w = comp.shape[1]
+    count = comp.sum(1)
+    first = np.argmax(comp, 1)
+    last = w - 1 - np.argmax(comp[:, ::-1], 1)
+    single = (count > 0) & (count == last - first + 1)
+    return (first + last) / 2.0, (last - first + 1).astype(float), single
+
+
+def _fit_line(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 3D line by PCA with two rounds of outlier rejection: (point, unit direction)."""
+    keep = np.ones(len(points), bool)
+    for _ in range(3):
+        c = points[keep].mean(0)
+        _, _, vt = np.linalg.svd(points[keep] - c, full_matrices=False)
+        d = vt[0]
+        rel = points - c
+        res = np.linalg.norm(rel - np.outer(rel @ d, d), axis=1)
+        mad = np.median(res[keep]) + 1e-9
+        keep = res <= max(3.0 * 1.4826 * mad, 2e-6)
+    return c, d
+
+
+def _orient(d3: np.ndarray, direction2d: np.ndarray) -> np.ndarray:
+    d3 = d3 / np.linalg.norm(d3)
+    return d3 if d3[:2] @ direction2d >= 0 else -d3
+
+
+def _axis_through_tip(pair, inst: Instrument2D, point, d3, radius_px) -> np.ndarray:
+    """The axis point whose projection is the end's centre (radius_px behind the tip)."""
+    target = inst.tip_px + radius_px * inst.direction
+    # Sample the line densely around its closest approach in the image.
+    s = np.linspace(-20e-3, 20e-3, 4001)
+    pts = point + s[:, None] * d3
+    pts = pts[pts[:, 2] > 0]
+    uv = project(pair, pts)
+    i = int(np.argmin(((uv - target) ** 2).sum(1)))
+    lo, hi = max(i - 1, 0), min(i + 1, len(pts) - 1)
+    fine = np.linspace(0, 1, 201)[:, None] * (pts[hi] - pts[lo]) + pts[lo]
+    return fine[int(np.argmin(((project(pair, fine) - target) ** 2).sum(1)))]
+
+
+def shaft_from_silhouettes(
+    pair: StereoPair, left: Instrument2D, right: Instrument2D, px_per_m: float, cfg
+):
+    """Axis line from the left and right silhouettes' row centres, or None when too flat."""
+    min_sin = np.sin(np.deg2rad(cfg.min_row_angle_deg))
+    if min(abs(left.direction[1]), abs(right.direction[1])) < min_sin:
+        return None
+    w = left.mask.shape[1]
+    rows = np.arange(left.mask.shape[0], dtype=float)
+    use = np.ones(len(rows), bool)
+    centres = []
+    for inst in (left, right):
+        c, length, single = _row_centres(inst.mask)
+        crossing = 2 * inst.radius_px / abs(inst.direction[1])  # across a straight shaft
+        along = (np.stack([c, rows], 1) - inst.tip_px) @ inst.direction
+        first, last = c - (length - 1) / 2, c + (length - 1) / 2
+        use &= (
+            single
+            & (first > 0)
+            & (last < w - 1)  # a run cut by the image border has no centre
+            & (np.abs(length - crossing) <= 0.2 * crossing + 2)
+            & (along >= 2 * inst.radius_px)  # past the rounded end
+            & (along <= (cfg.shaft_start + cfg.shaft_length) * px_per_m)
+        )
+        centres.append(c)
+    if use.sum() < cfg.min_rows:
+        return None
+    z = pair.depth_from_disparity(centres[0][use] - centres[1][use])
+    ok = np.isfinite(z)
+    if ok.sum() < cfg.min_rows:
+        return None
+    pts = back_project(pair, centres[0][use][ok], rows[use][ok], z[ok])
+    point, d3 = _fit_line(pts)
+    return point, _orient(d3, left.direction)
+
+
+def _shaft_top_depth(depth, inst: Instrument2D, px_per_m, cfg):
+    """(along px, depth of the shaft's top at its centre line) samples from the depth map."""
+    v, u = np.nonzero(inst.mask & np.isfinite(depth))
+    if len(u) < 20:
+        return None
+    rel = np.stack([u, v], 1) - inst.tip_px
+    along = rel @ inst.direction
+    across = rel @ np.array([-inst.direction[1], inst.direction[0]])
+    z = depth[v, u]
+    # The top of a cylinder lies sqrt(r^2 - t^2) above its axis at lateral offset t: keep the
+    # central half, where that is nearly r.
+    central = np.abs(across) <= 0.5 * inst.radius_px
+    lo = cfg.shaft_start * px_per_m
+    hi = lo + cfg.shaft_length * px_per_m
+    sel = central & (along >= lo) & (along <= hi)
+    if sel.sum() < 20:
+        sel = central & (along >= 0)
+    if sel.sum() < 20:
+        return None
+    a, zz, t = along[sel], z[sel], across[sel]
+    rz = inst.radius_px / px_per_m
+    return a, zz, np.sqrt(np.clip(rz**2 - (t / px_per_m) ** 2, 0, None))
+
+
+def _axis_depth_line(top, px_per_m) -> tuple[float, float]:
+    """Axis depth = a + b * along from the shaft's top: a cylinder tilted by beta out of the
+    image plane has its top sqrt(r^2 - t^2) / cos(beta) above its axis along the view."""
+    along, z, lift = top
+    b = _robust_line_1d(along, z)[1]
+    stretch = np.sqrt(1.0 + (b * px_per_m) ** 2)
+    return _robust_line_1d(along, z + lift * stretch)
+
+
+def _robust_line_1d(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    keep = np.ones(len(x), bool)
+    for _ in range(4):
+        b, a = np.polyfit(x[keep], y[keep], 1)
+        res = np.abs(y - (a + b * x))
+        mad = np.median(res[keep]) + 1e-9
+        keep = res <= max(3 * 1.4826 * mad, 5e-6)
+    return a, b
+
+
+def _line_from_axis_depth(pair, inst: Instrument2D, along, z_axis_at, slope):
+    """The 3D axis through the image axis line with depth z(along) = z_axis_at + slope*along."""
+    s = np.array([0.0, 100.0])
+    uv = inst.tip_px + s[:, None] * inst.direction
+    z = z_axis_at + slope * s
+    p = back_project(pair, uv[:, 0], uv[:, 1], z)
+    return p[0], _orient(p[1] - p[0], inst.direction)
+
+
+def _direction_through_port(pair, sphere: SphereFit, c3, inst: Instrument2D, cfg) -> np.ndarray:
+    """The shaft direction (tip -> shaft) in the plane of the camera ray through ``c3`` and the
+    image direction of the shaft, whose line leaves the eye sphere at ``port_polar_deg`` from
+    the posterior pole (the retina point seen at the image centre)."""
+    ray_c = back_project(pair, pair.left.cx, pair.left.cy, 1.0)
+    pole = sphere.foot(sphere.centre + ray_c * 1e-3 * np.sign(ray_c[2])) - sphere.centre
+    pole /= np.linalg.norm(pole)
+    ahead = c3 / np.linalg.norm(c3)
+    lateral = back_project(pair, *(inst.tip_px + inst.direction), 1.0) - back_project(
+        pair, *inst.tip_px, 1.0
+    )
+    lateral -= (lateral @ ahead) * ahead
+    lateral /= np.linalg.norm(lateral)
+    beta = np.deg2rad(np.linspace(-85, 85, 341))
+    u = np.cos(beta)[:, None] * lateral - np.sin(beta)[:, None] * ahead  # rising to the camera
+    rel = c3 - sphere.centre
+    b = u @ rel
+    s_exit = -b + np.sqrt(np.clip(b * b - (rel @ rel - sphere.radius**2), 0, None))
+    exit_dir = rel + s_exit[:, None] * u
+    exit_dir /= np.linalg.norm(exit_dir, axis=1, keepdims=True)
+    polar = np.degrees(np.arccos(np.clip(exit_dir @ pole, -1, 1)))
+    return u[int(np.argmin(np.abs(polar - cfg.port_polar_deg)))]
+
+
+# --- distance --------------------------------------------------------------------------------
+
+
+def _capsule_surface(centre, axis, radius, length, n_len=40, n_ring=36) -> np.ndarray:
+    """Points on a capsule from ``centre`` (hemispherical end) along ``axis`` for ``length``."""
+    e1 = np.cross(axis, [0.0, 0.0, 1.0])
+    if np.linalg.norm(e1) < 1e-6:
+        e1 = np.cross(axis, [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+    th = np.linspace(0, 2 * np.pi, n_ring, endpoint=False)
+    ring = np.cos(th)[:, None] * e1 + np.sin(th)[:, None] * e2
+    s = np.linspace(0, length, n_len)
+    body = (centre + s[:, None, None] * axis + radius * ring[None]).reshape(-1, 3)
+    # The end cap: the half sphere facing away from the shaft.
+    phi = np.linspace(0, np.pi / 2, 10)[1:]
+    cap = (
+        centre
+        - radius * np.sin(phi)[:, None, None] * axis
+        + radius * np.cos(phi)[:, None, None] * ring[None]
+    ).reshape(-1, 3)
+    return np.concatenate([body, cap, (centre - radius * axis)[None]])
+
+
+def capsule_gaps(sphere: SphereFit, centre, axis, radius, length):
+    """(normal gap, axial gap, nearest instrument point, its retina foot) of a capsule."""
+    s = np.linspace(0, length, 200)
+    on_axis = centre + s[:, None] * axis
+    g = sphere.gap(on_axis) - radius
+    i = int(np.argmin(g))
+    outward = on_axis[i] - sphere.centre
+    outward /= np.linalg.norm(outward)
+    nearest = on_axis[i] + radius * outward
+    surface = _capsule_surface(centre, axis, radius, length)
+    below = sphere.depth_at(surface[:, 0], surface[:, 1])
+    axial = below - surface[:, 2]
+    axial = axial[np.isfinite(axial)]
+    return (
+        float(g[i]),
+        float(axial.min()) if axial.size else float("inf"),
+        nearest,
+        sphere.foot(nearest),
+    )
+
+
+def measure(
+    pair: StereoPair,
+    depth: np.ndarray,
+    mask: np.ndarray | None,
+    right_mask: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
+    cfg: GeometryConfig | None = None,
+) -> Measurement:
+    """The instrument tip, the retina and the gap between them, for one left frame.
+
+    ``depth`` is the left depth (m, NaN unknown); ``mask`` and ``right_mask`` the instrument in
+    the left and right images. Never raises on a bad scene: the result says why it is unknown.
+    """
+    cfg = cfg or GeometryConfig()
+    if depth.ndim != 2:
+        raise InputError(f"depth must be (H, W), got {depth.shape}")
+    h, w = depth.shape
+    if (w, h) != (pair.left.width, pair.left.height):
+        raise InputError(
+            f"depth is {w}x{h}, camera_info says {pair.left.width}x{pair.left.height}"
+        )
+    if mask is not None and mask.shape != depth.shape:
+        raise InputError(f"mask {mask.shape} and depth {depth.shape} differ in size")
+    if right_mask is not None and right_mask.shape != depth.shape:
+        raise InputError(f"right mask {right_mask.shape} and depth {depth.shape} differ in size")
+    out = Measurement()
+    inst_mask = mask > 0 if mask is not None else np.zeros(depth.shape, bool)
+    try:
+        out.retina = fit_sphere(retina_points(depth, pair, inst_mask, confidence, cfg), cfg)
+    except InputError as exc:
+        out.reason = f"retina fit failed: {exc}"
+        return out
+    z0 = float(np.nanmedian(depth)) if np.isfinite(depth).any() else pair.convergence_distance
+    px_per_m = pair.left.fx / z0
+    inst = find_instrument(inst_mask, px_per_m, cfg) if inst_mask.any() else None
+    if inst is None:
+        out.reason = "no instrument in view"
+        return out
+    out.tip_px = inst.tip_px
+    line = None
+    top = _shaft_top_depth(depth, inst, px_per_m, cfg)
+    right = find_instrument(right_mask > 0, px_per_m, cfg) if right_mask is not None else None
+    if right is not None:
+        line = shaft_from_silhouettes(pair, inst, right, px_per_m, cfg)
+        if line is not None:
+            out.method = "silhouette"
+    if line is None and right is not None:
+        # A round end's silhouette is a circle about its centre: each view's tip extreme lies
+        # r_px before the centre along that view's own shaft direction.
+        cl = inst.tip_px + inst.radius_px * inst.direction
+        cr = right.tip_px + right.radius_px * right.direction
+        if abs(cl[1] - cr[1]) <= cfg.max_tip_row_offset_px:
+            z_c = float(pair.depth_from_disparity(cl[0] - cr[0]))
+            if np.isfinite(z_c):
+                c3 = back_project(pair, cl[0], cl[1], z_c)
+                line = c3, _direction_through_port(pair, out.retina, c3, inst, cfg)
+                out.method = "tip"
+    if line is None:
+        if top is None:
+            out.reason = "no depth on the instrument"
+            return out
+        a, b = _axis_depth_line(top, px_per_m)
+        line = _line_from_axis_depth(pair, inst, None, a, b)
+        out.method = "depth"
+        out.notes.append("axis depth from the depth map: biased by highlights on the shaft")
+    point, d3 = line
+    # The working end (radius from the mask just behind the tip) then the shaft, as capsules.
+    centre = _axis_through_tip(pair, inst, point, d3, inst.tip_radius_px)
+    r_tip = inst.tip_radius_px * centre[2] / pair.left.fx
+    radius = inst.radius_px * centre[2] / pair.left.fx
+    out.radius, out.axis = radius, d3
+    out.tip_xyz = centre - r_tip * d3
+    out.centre_xyz = centre
+    out.tip_px = project(pair, out.tip_xyz)
+    parts = [
+        capsule_gaps(out.retina, centre, d3, r_tip, cfg.shaft_start),
+        capsule_gaps(out.retina, centre + cfg.shaft_start * d3, d3, radius, cfg.shaft_length),
+    ]
+    gn = min(p[0] for p in parts)
+    ga = min(p[1] for p in parts)
+    _, _, nearest, foot = min(parts, key=lambda p: p[0])
+    out.nearest_xyz, out.retina_xyz = nearest, foot
+    if gn < -radius or not np.isfinite(gn):
+        out.reason = f"instrument {-gn * 1e3:.2f} mm inside the fitted retina: inconsistent"
+        return out
+    out.distance_normal, out.distance_axial = max(gn, 0.0), max(ga, 0.0)
+    return out
