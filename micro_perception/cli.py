@@ -488,6 +488,31 @@ def cmd_train_depth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_segment(args: argparse.Namespace) -> int:
+    """Train the instrument segmentation network on simulated masks."""
+    from micro_perception.training.segment_train import SegmentTrainConfig, train_segment
+
+    cfg = SegmentTrainConfig(
+        data=args.data,
+        val=args.val,
+        out=args.out,
+        input=args.input,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        crop=args.size,
+        crops_per_frame=args.crops_per_frame,
+        workers=args.workers,
+        device=args.device,
+        seed=args.seed,
+        log_dir=args.log_dir,
+        resume=args.resume,
+    )
+    result = train_segment(cfg)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return 0
+
+
 def cmd_eval_fusion(args: argparse.Namespace) -> int:
     """Score the fusion network and the classical baselines against ground truth."""
     from micro_perception.fusion.fuser import default_fusion_weights
@@ -540,6 +565,7 @@ def cmd_eval_depth(args: argparse.Namespace) -> int:
         args.limit,
         progress=not args.json,
         weights=args.weights,
+        seg_weights=args.seg_weights or "default",
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -564,45 +590,74 @@ def cmd_eval_depth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_rgb_file(path: str):
+    import cv2
+    import numpy as np
+
+    from micro_perception.errors import InputError
+
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError(f"{path} is not a readable image")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def _read_calibrated(args: argparse.Namespace, need_right: bool):
+    """(left, right or None, StereoPair or None) from image files and calibration YAML."""
+    from micro_perception.camera import StereoPair, load_camera_yaml
+    from micro_perception.errors import InputError
+
+    left = _read_rgb_file(args.left)
+    cams = [load_camera_yaml(p) for p in args.camera_info]
+    for image, path, cam, yaml in zip([left], [args.left], cams, args.camera_info, strict=False):
+        if (cam.width, cam.height) != (image.shape[1], image.shape[0]):
+            raise InputError(
+                f"{path} is {image.shape[1]}x{image.shape[0]}, but {yaml} says "
+                f"{cam.width}x{cam.height}"
+            )
+    if not need_right:
+        return left, None, None
+    if args.right is None or len(cams) != 2:
+        raise InputError("this needs RIGHT and two --camera-info files (left, right)")
+    right = _read_rgb_file(args.right)
+    if right.shape != left.shape:
+        raise InputError(f"{args.left} is {left.shape[:2]} but {args.right} is {right.shape[:2]}")
+    return left, right, StereoPair(cams[0], cams[1])
+
+
+def _pipeline(args: argparse.Namespace, estimator: str):
+    from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
+
+    return DepthPipeline(
+        PipelineConfig(estimator=estimator),
+        depth_weights=getattr(args, "weights", None),
+        seg_weights=args.seg_weights or "default",
+        device=args.device,
+    )
+
+
 def cmd_depth(args: argparse.Namespace) -> int:
     """Metric depth of the left image from image files and ROS calibration YAML files."""
     import cv2
     import numpy as np
     import torch
 
-    from micro_perception.camera import StereoPair, load_camera_yaml
     from micro_perception.errors import InputError
     from micro_perception.sim.preview import depth_colour
 
-    def read(path):
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise InputError(f"{path} is not a readable image")
-        return np.ascontiguousarray(img[..., ::-1])
-
-    left = read(args.left)
-    cams = [load_camera_yaml(p) for p in args.camera_info]
-    if (cams[0].width, cams[0].height) != (left.shape[1], left.shape[0]):
-        raise InputError(
-            f"{args.left} is {left.shape[1]}x{left.shape[0]}, but "
-            f"{args.camera_info[0]} says {cams[0].width}x{cams[0].height}"
-        )
-    if args.method == "stereo":
-        if args.right is None or len(cams) != 2:
-            raise InputError("--method stereo needs RIGHT and two --camera-info files")
-        from micro_perception.depth.stereo import stereo_depth
-
-        result = stereo_depth(left, read(args.right), StereoPair(cams[0], cams[1]))
-        depth = result.depth
-    else:
+    if args.method == "net" and args.right is None:
         from micro_perception.depth.network import load_depth_net
 
+        left, _, _ = _read_calibrated(args, need_right=False)
         if not args.weights:
-            raise InputError("--method net needs --weights (no depth weights ship yet)")
+            raise InputError("--method net needs --weights (a depth network weights file)")
         net = load_depth_net(args.weights)
         with torch.inference_mode():
             image = torch.from_numpy(left).permute(2, 0, 1).float().div(255)[None]
             depth = net(image)[0][0, 0].numpy()
+    else:
+        left, right, pair = _read_calibrated(args, need_right=True)
+        depth = _pipeline(args, args.method)(left, right, pair).depth
     depth = depth.astype(np.float32)
     if args.out.endswith(".npy"):
         np.save(args.out, depth, allow_pickle=False)
@@ -618,6 +673,99 @@ def cmd_depth(args: argparse.Namespace) -> int:
         f"{args.method} depth of {args.left} -> {args.out} (float32 m; "
         f"{100 * known.mean():.0f} % known"
         + (f", median {np.median(depth[known]) * 1e3:.2f} mm)" if known.any() else ")")
+    )
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """The instrument tip and its distance to the retina from one stereo pair of image files."""
+    import cv2
+    import numpy as np
+
+    left, right, pair = _read_calibrated(args, need_right=True)
+    pipe = _pipeline(args, "fused")
+    res = pipe(left, right, pair)
+    m = res.measurement
+    out = {
+        "tip_pixel": None if m.tip_px is None or not m.ok else [float(v) for v in m.tip_px],
+        "tip_xyz_m": None if m.tip_xyz is None or not m.ok else [float(v) for v in m.tip_xyz],
+        "distance_normal_m": float(m.distance_normal) if m.ok else None,
+        "distance_axis_m": float(m.distance_axial) if m.ok else None,
+        "alert": bool(m.ok and m.distance(args.mode) < args.alert_distance),
+        "reason": m.reason or None,
+        "method": m.method or None,
+        "retina_fit_residual_m": float(m.retina.residual) if m.retina else None,
+        "retina_radius_m": float(m.retina.radius) if m.retina else None,
+        "masks": pipe.mask_source,
+        "ms": {k: round(v, 1) for k, v in res.ms.items()},
+    }
+    if args.overlay:
+        from micro_perception.overlay import measurement_overlay
+
+        cv2.imwrite(args.overlay, measurement_overlay(left, res, pair, args.mode)[..., ::-1])
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if not m.ok:
+        print(f"distance unknown: {m.reason}")
+        return 0
+    print(
+        f"tip at pixel ({m.tip_px[0]:.1f}, {m.tip_px[1]:.1f}), "
+        f"xyz {np.round(m.tip_xyz * 1e3, 3).tolist()} mm ({m.method})"
+    )
+    print(
+        f"gap to the retina: {m.distance_normal * 1e3:.3f} mm along its normal, "
+        f"{m.distance_axial * 1e3:.3f} mm along the optical axis; "
+        f"alert {'ON' if out['alert'] else 'off'} (threshold {args.alert_distance * 1e3:.2f} mm)"
+    )
+    print(
+        f"retina sphere radius {m.retina.radius * 1e3:.2f} mm, fit residual "
+        f"{m.retina.residual * 1e6:.0f} um; masks: {pipe.mask_source}"
+    )
+    return 0
+
+
+def cmd_eval_distance(args: argparse.Namespace) -> int:
+    """Score the instrument-to-retina distance and the alert against simulated ground truth."""
+    from pathlib import Path
+
+    from micro_perception.depth.pipeline import DepthPipeline
+    from micro_perception.training.distance_eval import evaluate_distance
+
+    pipe = DepthPipeline(seg_weights=args.seg_weights or "default", device=args.device)
+    result = evaluate_distance(
+        args.data,
+        pipe,
+        args.input,
+        args.oracle_masks,
+        args.mode,
+        args.alert_distance,
+        args.limit,
+        progress=not args.json,
+    )
+    frames = result.pop("_frames")
+    if args.frames:
+        Path(args.frames).write_text(json.dumps(frames, indent=1))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    meta = result["_meta"]
+
+    def f(v, spec=".0f"):
+        return "-" if v is None else format(v, spec)
+
+    print(
+        f"{meta['frames']} frames ({meta['in_range']} with the tip 0.05-3 mm above the retina) "
+        f"from {meta['data']}; input {meta['input']}, masks {meta['masks']}, gap {meta['mode']}"
+    )
+    print(f"  all      MAE {f(result['mae_um'])} um  p95 {f(result['p95_um'])} um")
+    for name, r in result["by_range"].items():
+        print(f"  {name:<9}MAE {f(r['mae_um'])} um  p95 {f(r['p95_um'])} um  (n={r['n']})")
+    print(
+        f"  alert at {meta['alert_distance_m'] * 1e3:.2f} mm: miss {f(result['miss'], '.3f')}, "
+        f"false alarm {f(result['false_alarm'], '.3f')}; tip detected "
+        f"{f(result['tip_detect'], '.3f')}; tip error {f(result['tip_error_um'])} um; "
+        f"{f(result['ms'], '.0f')} ms/frame"
     )
     return 0
 
@@ -782,6 +930,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume")
     p.add_argument("--imagenet-weights", help="local torchvision resnet18 state dict")
     p.set_defaults(func=cmd_train_depth)
+    p = train.add_parser("segment", help=cmd_train_segment.__doc__)
+    p.add_argument("--data", required=True, help="training frames with instrument masks")
+    p.add_argument("--val", help="validation frames with instrument masks")
+    p.add_argument("--out", required=True, help="weights file of the best network")
+    p.add_argument(
+        "--input",
+        default="fused",
+        choices=["aif", "fused"],
+        help="images: ground-truth all-in-focus, or the fusion network's output",
+    )
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--size", type=int, default=192, help="training crop size, px")
+    p.add_argument("--crops-per-frame", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-dir")
+    p.add_argument("--resume")
+    p.set_defaults(func=cmd_train_segment)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
         dest="net", required=True
     )
@@ -801,8 +970,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("depth", help=cmd_eval_depth.__doc__)
     p.add_argument("--data", required=True)
     p.add_argument(
-        "--methods", nargs="+", default=["stereo", "dff"], choices=["net", "stereo", "dff"]
+        "--methods",
+        nargs="+",
+        default=["fused", "stereo", "dff"],
+        choices=["fused", "net", "stereo", "dff"],
     )
+    p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
     p.add_argument("--weights", help="depth network weights (for method net)")
     p.add_argument(
         "--input",
@@ -813,9 +986,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_depth)
+    p = ev.add_parser("distance", help=cmd_eval_distance.__doc__)
+    p.add_argument("--data", required=True)
+    p.add_argument("--input", default="fused", choices=["fused", "aif"])
+    p.add_argument(
+        "--oracle-masks",
+        action="store_true",
+        help="use the true instrument masks: the geometry's own error",
+    )
+    p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", default="normal", choices=["normal", "axial"])
+    p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--frames", help="also write every frame's result to this JSON file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_distance)
     p = sub.add_parser("depth", help=cmd_depth.__doc__)
     p.add_argument("left", help="left (rectified) image")
-    p.add_argument("right", nargs="?", help="right (rectified) image, for --method stereo")
+    p.add_argument("right", nargs="?", help="right (rectified) image (all methods but a lone net)")
     p.add_argument(
         "--camera-info",
         nargs="+",
@@ -823,10 +1012,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="LEFT.yaml [RIGHT.yaml] in ROS camera calibration format",
     )
     p.add_argument("--out", required=True, help="DEPTH.npy or DEPTH.tiff (float32, metres)")
-    p.add_argument("--method", default="stereo", choices=["stereo", "net"])
+    p.add_argument("--method", default="fused", choices=["fused", "stereo", "net"])
     p.add_argument("--weights", help="depth network weights (for --method net)")
+    p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument("--device", default="auto")
     p.add_argument("--png", help="also write a colour map here")
     p.set_defaults(func=cmd_depth)
+    p = sub.add_parser("measure", help=cmd_measure.__doc__)
+    p.add_argument("left", help="left (rectified) image")
+    p.add_argument("right", help="right (rectified) image")
+    p.add_argument(
+        "--camera-info", nargs=2, required=True, help="LEFT.yaml RIGHT.yaml (ROS calibration)"
+    )
+    p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--mode", default="normal", choices=["normal", "axial"])
+    p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")
+    p.add_argument("--overlay", help="also write a PNG with the mask, tip and distance")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_measure)
     p = sub.add_parser("fuse", help=cmd_fuse.__doc__)
     p.add_argument("slices", nargs="+", help="slice images, or a folder of them (sorted)")
     p.add_argument("--out", required=True, help="output image (same bit depth as the input)")

@@ -475,6 +475,52 @@ def _direction_through_port(pair, sphere: SphereFit, c3, inst: Instrument2D, cfg
     return u[int(np.argmin(np.abs(polar - cfg.port_polar_deg)))]
 
 
+def _runs(row: np.ndarray) -> np.ndarray:
+    """(N, 2) first and last column of each run of True in a 1D bool array."""
+    d = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
+    return np.stack([np.nonzero(d == 1)[0], np.nonzero(d == -1)[0] - 1], 1)
+
+
+def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: float, cfg):
+    """3D points on the centre lines of the working end (jaws, blades, the needle's end), from
+    the runs of both silhouettes on each row crossing it, and the end's radius; or None.
+
+    Jaws and blades are not the shaft's shape: they are measured, not extrapolated. Runs are
+    paired in order along the row where both views cut the same number of them."""
+    zone = (cfg.shaft_start + 0.2e-3) * px_per_m
+    regions = []
+    for inst in (left, right):
+        h, w = inst.mask.shape
+        v, u = np.mgrid[0:h, 0:w]
+        along = (u - inst.tip_px[0]) * inst.direction[0] + (v - inst.tip_px[1]) * inst.direction[1]
+        regions.append(inst.mask & (along <= zone))
+    slope = max(abs(left.direction[1]), 1e-3)
+    centres_l, centres_r, rows, widths = [], [], [], []
+    for y in np.nonzero(regions[0].any(1) & regions[1].any(1))[0]:
+        rl, rr = _runs(regions[0][y]), _runs(regions[1][y])
+        if len(rl) != len(rr):
+            continue
+        for (a, b), (c, d) in zip(rl, rr, strict=True):
+            ll, lr = b - a + 1, d - c + 1
+            if abs(ll - lr) > 0.3 * max(ll, lr) + 2:
+                continue
+            if ll * slope > 4 * left.radius_px:  # along the row: no disparity in a run's centre
+                continue
+            centres_l.append((a + b) / 2)
+            centres_r.append((c + d) / 2)
+            rows.append(y)
+            widths.append(ll * slope)
+    if len(rows) < cfg.min_rows // 2:
+        return None
+    z = pair.depth_from_disparity(np.asarray(centres_l) - np.asarray(centres_r))
+    ok = np.isfinite(z)
+    if ok.sum() < cfg.min_rows // 2:
+        return None
+    pts = back_project(pair, np.asarray(centres_l)[ok], np.asarray(rows)[ok], z[ok])
+    radius_px = min(float(np.median(np.asarray(widths)[ok])) / 2, left.radius_px)
+    return pts, radius_px
+
+
 # --- distance --------------------------------------------------------------------------------
 
 
@@ -598,6 +644,24 @@ def measure(
         capsule_gaps(out.retina, centre, d3, r_tip, cfg.shaft_start),
         capsule_gaps(out.retina, centre + cfg.shaft_start * d3, d3, radius, cfg.shaft_length),
     ]
+    # Jaws and blades are not the shaft's shape: measure them too, and keep the nearer.
+    end = working_end_points(pair, inst, right, px_per_m, cfg) if right is not None else None
+    if end is not None and out.method == "silhouette":
+        pts, r_px = end
+        r_end = r_px * float(np.median(pts[:, 2])) / pair.left.fx
+        gaps = out.retina.gap(pts) - r_end
+        # A low percentile, not the minimum: one mismatched row must not make the distance.
+        k = int(np.argsort(gaps)[min(len(gaps) - 1, len(gaps) // 10)])
+        outward = pts[k] - out.retina.centre
+        nearest = pts[k] + r_end * outward / np.linalg.norm(outward)
+        below = out.retina.depth_at(pts[:, 0], pts[:, 1]) - (pts[:, 2] + r_end)
+        axial = (
+            float(np.sort(below[np.isfinite(below)])[len(below) // 10])
+            if np.isfinite(below).any()
+            else float("inf")
+        )
+        parts.append((float(gaps[k]), axial, nearest, out.retina.foot(nearest)))
+        out.notes.append(f"working end measured on {len(pts)} rows")
     gn = min(p[0] for p in parts)
     ga = min(p[1] for p in parts)
     _, _, nearest, foot = min(parts, key=lambda p: p[0])

@@ -31,6 +31,12 @@ def config_file(name: str) -> Path:
     return path
 
 
+def shipped_model(name: str) -> Path | None:
+    """``models/NAME`` as installed, or None where it is not shipped."""
+    path = share_dir() / "models" / name
+    return path if path.is_file() else None
+
+
 def use_large_image_transport() -> str:
     """Point Fast DDS at the package's large-image profile unless the user chose one already."""
     for var in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):

@@ -98,28 +98,56 @@ def render_instrument_depth(
 
 
 class DepthPipeline:
+    """``pipeline(left, right, pair)`` -> FrameResult. ``seg_weights``: the segmentation network
+    (default: the shipped models/segmentation.pt); ``depth_weights``: the depth network, needed
+    by the ``net`` estimator and otherwise only a source of masks when there is no segmentation
+    network."""
+
     def __init__(
         self,
         cfg: PipelineConfig | None = None,
-        weights: str | Path | None = None,
+        depth_weights: str | Path | None = None,
+        seg_weights: str | Path | None = "default",
         device: str = "auto",
     ):
+        from micro_perception.resources import shipped_model
+
         self.cfg = cfg or PipelineConfig()
         self.device = pick_device(device)
-        self.net = None
-        if weights is not None:
+        self.net = self.seg = None
+        if depth_weights is not None:
             from micro_perception.depth.network import load_depth_net
 
-            self.net = load_depth_net(weights, self.device)
+            self.net = load_depth_net(depth_weights, self.device)
+        if seg_weights == "default":
+            seg_weights = shipped_model("segmentation.pt")
+        if seg_weights is not None:
+            from micro_perception.depth.segmentation import load_seg_net
+
+            self.seg = load_seg_net(seg_weights, self.device)
         if self.cfg.estimator == "net" and self.net is None:
             raise InputError("estimator net needs depth network weights (a weights file)")
+
+    @property
+    def mask_source(self) -> str:
+        if self.seg is not None:
+            return "segmentation"
+        return "depth-net" if self.net is not None else "height"
+
+    @torch.inference_mode()
+    def segment(self, images: list[np.ndarray]) -> np.ndarray:
+        """Instrument probability of each RGB image, (N, H, W) float32."""
+        x = self._batch(images)
+        return torch.sigmoid(self.seg(x)[:, 0]).float().cpu().numpy()
+
+    def _batch(self, images: list[np.ndarray]) -> torch.Tensor:
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(i)) for i in images])
+        return x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
 
     @torch.inference_mode()
     def run_net(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Depth (m) and mask probability of each RGB image, as (N, H, W) float32 arrays."""
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(i)) for i in images])
-        x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        depth, logits = self.net(x)
+        depth, logits = self.net(self._batch(images))
         return depth[:, 0].float().cpu().numpy(), torch.sigmoid(logits[:, 0]).float().cpu().numpy()
 
     def __call__(
@@ -140,15 +168,24 @@ class DepthPipeline:
         st = stereo_depth(left, right, pair, cfg.stereo)
         ms["stereo"] = (time.perf_counter() - t0) * 1e3
         net_depth = right_mask = None
-        if masks is not None:
-            mask, right_mask = masks[0] > 0, masks[1] > 0
-            if self.net is not None and cfg.estimator == "net":
-                net_depth = self.run_net([left])[0][0]
-        elif self.net is not None:
+        if cfg.estimator == "net":
             t0 = time.perf_counter()
-            depths, probs = self.run_net([left, right])
+            depths, probs = self.run_net([left, right] if self.seg is None else [left])
             ms["net"] = (time.perf_counter() - t0) * 1e3
             net_depth = depths[0]
+        if masks is not None:
+            mask = masks[0] > 0
+            right_mask = masks[1] > 0 if masks[1] is not None else None
+        elif self.seg is not None:
+            t0 = time.perf_counter()
+            probs = self.segment([left, right])
+            ms["segment"] = (time.perf_counter() - t0) * 1e3
+            mask, right_mask = probs[0] >= cfg.mask_threshold, probs[1] >= cfg.mask_threshold
+        elif self.net is not None:
+            if net_depth is None:
+                t0 = time.perf_counter()
+                _, probs = self.run_net([left, right])
+                ms["net"] = (time.perf_counter() - t0) * 1e3
             mask, right_mask = probs[0] >= cfg.mask_threshold, probs[1] >= cfg.mask_threshold
         else:
             mask = self._height_mask(st.depth, st.confidence, pair)

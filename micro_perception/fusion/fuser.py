@@ -21,10 +21,9 @@ DFF_WINDOW = 9
 
 
 def default_fusion_weights() -> Path | None:
-    from micro_perception.resources import share_dir
+    from micro_perception.resources import shipped_model
 
-    path = share_dir() / "models" / "fusion.pt"
-    return path if path.is_file() else None
+    return shipped_model("fusion.pt")
 
 
 class Fuser:

@@ -144,7 +144,12 @@ def run_training(cfg, build, progress: bool = True) -> dict:
 
     def one_cycle(last_step: int = -1):
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, cfg.lr, total_steps=total_steps, pct_start=0.1, last_epoch=last_step
+            optimizer,
+            cfg.lr,
+            total_steps=total_steps,
+            # A warm-up of at least two steps: OneCycleLR divides by its length.
+            pct_start=min(0.5, max(0.1, 2.5 / total_steps)),
+            last_epoch=last_step,
         )
 
     scheduler = one_cycle()
@@ -184,11 +189,11 @@ def run_training(cfg, build, progress: bool = True) -> dict:
             optimizer.step()
             scheduler.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if writer is not None and step % 10 == 0:
                 for name, value in terms.items():
                     writer.add_scalar(f"train/{name}", value, step)
-                writer.add_scalar("train/loss", float(loss), step)
+                writer.add_scalar("train/loss", float(loss.detach()), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
             bar.set_postfix(loss=f"{float(loss):.4f}")
         epoch += 1

@@ -32,7 +32,7 @@ from micro_perception.sim.dataset import (
     read_rgb,
 )
 
-METHODS = ("net", "stereo", "dff")
+METHODS = ("fused", "net", "stereo", "dff")
 BOUNDARY_PX = 3
 ABSREL_MIN_HEIGHT = 100e-6
 
@@ -64,6 +64,20 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict:
     }
 
 
+def eval_frame(rec, fuser: Fuser | None):
+    """(ground truth, slices, input images) of both eyes of one simulated frame; the input is
+    the fusion network's output on each sweep, or with no fuser the ground-truth all-in-focus."""
+    gts = {e: read_ground_truth(rec.root / e) for e in ("left", "right")}
+    slices = {e: np.stack([read_rgb(p) for p in rec.slices[e]]) for e in ("left", "right")}
+    if fuser is not None:
+        images = {e: fuser(slices[e]) for e in ("left", "right")}
+    else:
+        if "aif" not in gts["left"]:
+            raise InputError(f"{rec.root / 'left'} has no aif.png for input aif")
+        images = {e: gts[e]["aif"] for e in ("left", "right")}
+    return gts, slices, images
+
+
 def evaluate_depth(
     data: str | Path,
     methods=("stereo", "dff"),
@@ -71,6 +85,7 @@ def evaluate_depth(
     limit: int | None = None,
     progress: bool = True,
     weights: str | Path | None = None,
+    seg_weights: str | Path | None = "default",
 ) -> dict:
     from tqdm import tqdm
 
@@ -89,18 +104,18 @@ def evaluate_depth(
         from micro_perception.depth.network import load_depth_net
 
         net = load_depth_net(weights)
+    fused = None
+    if "fused" in methods:
+        from micro_perception.depth.pipeline import DepthPipeline
+
+        fused = DepthPipeline(seg_weights=seg_weights, device="cpu")
     dff = Fuser("sml", "cpu")
     records = find_stacks(root)[:limit]
     per = {m: {"ms": []} for m in methods}
     for rec in tqdm(records, desc="eval depth", unit="frame", disable=not progress):
-        gts = {e: read_ground_truth(rec.root / e) for e in ("left", "right")}
+        gts, slices, images = eval_frame(rec, fuser)
         if "depth" not in gts["left"]:
             raise InputError(f"{rec.root / 'left'} has no depth.npy ground truth")
-        slices = {e: np.stack([read_rgb(p) for p in rec.slices[e]]) for e in ("left", "right")}
-        if fuser is not None:
-            images = {e: fuser(slices[e]) for e in ("left", "right")}
-        else:
-            images = {e: gts[e]["aif"] for e in ("left", "right")}
         gt = gts["left"]["depth"]
         mask = gts["left"].get("mask", np.zeros(gt.shape, bool))
         for m in methods:
@@ -109,6 +124,8 @@ def evaluate_depth(
                 with torch.inference_mode():
                     x = torch.from_numpy(images["left"]).permute(2, 0, 1).float().div(255)
                     pred = net(x[None])[0][0, 0].numpy()
+            elif m == "fused":
+                pred = fused(images["left"], images["right"], pair).depth
             elif m == "stereo":
                 pred = stereo_depth(images["left"], images["right"], pair).depth
             else:
@@ -130,5 +147,6 @@ def evaluate_depth(
         "input": input_kind,
         "data": str(root),
         "threads": torch.get_num_threads(),
+        "masks": fused.mask_source if fused is not None else None,
     }
     return result

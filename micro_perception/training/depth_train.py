@@ -77,6 +77,16 @@ class DepthTrainConfig(TrainConfigBase):
             raise InputError(f"input must be aif or fused, got {self.input!r}")
 
 
+def input_image(rec, eye: str, gt: dict, fuser: Fuser | None) -> np.ndarray:
+    """The all-in-focus image a network sees: the fusion network's output on the sweep, the
+    ground-truth one, or (a recording without either) the sweep's middle slice."""
+    if fuser is not None:
+        return fuser(np.stack([read_rgb(p) for p in rec.slices[eye]]))
+    if "aif" in gt:
+        return gt["aif"]
+    return read_rgb(rec.slices[eye][len(rec.slices[eye]) // 2])
+
+
 def load_frames(root: str, cfg: DepthTrainConfig, supervision: str) -> list[dict]:
     """Every frame's input image and targets, in memory."""
     root = Path(root)
@@ -88,14 +98,7 @@ def load_frames(root: str, cfg: DepthTrainConfig, supervision: str) -> list[dict
     for rec in find_stacks(root):
         eyes = ("left", "right") if use_teacher else ("left",)
         gts = {e: read_ground_truth(rec.root / e) for e in eyes}
-        images = {}
-        for e in eyes:
-            if fuser is not None:
-                images[e] = fuser(np.stack([read_rgb(p) for p in rec.slices[e]]))
-            elif "aif" in gts[e]:
-                images[e] = gts[e]["aif"]
-            else:  # a recording without a fused image: its sharpest-looking middle slice
-                images[e] = read_rgb(rec.slices[e][len(rec.slices[e]) // 2])
+        images = {e: input_image(rec, e, gts[e], fuser) for e in eyes}
         frame = {
             "image": images["left"],
             "depth": None,

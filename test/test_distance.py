@@ -1,0 +1,137 @@
+"""The depth pipeline's fused depth and distance, and the measure / eval distance commands."""
+
+import json
+
+import numpy as np
+import pytest
+
+from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
+from micro_perception.errors import InputError
+from micro_perception.optics import MicroscopeOptics
+from micro_perception.sim.render import render_sample
+from micro_perception.sim.scene import SceneConfig, make_scene
+from micro_perception.training.depth_eval import depth_metrics
+
+OPTICS = MicroscopeOptics().scaled_to(384, 384)
+NO_VIGNETTE = SceneConfig(p_vignette=0.0)
+
+
+@pytest.fixture(scope="module")
+def needle():
+    scene = make_scene(3, OPTICS, config=NO_VIGNETTE, kind="needle", gap=0.4e-3)
+    return render_sample(scene, OPTICS, slices=2)
+
+
+def test_fused_depth_beats_stereo_on_the_instrument_and_its_edges(needle):
+    pair = OPTICS.stereo()
+    masks = (needle.left.mask, needle.right.mask)
+    scores = {}
+    for estimator in ("stereo", "fused"):
+        pipe = DepthPipeline(PipelineConfig(estimator=estimator), seg_weights=None, device="cpu")
+        res = pipe(needle.left.aif, needle.right.aif, pair, masks=masks)
+        assert res.depth.dtype == np.float32 and res.depth.shape == needle.left.depth.shape
+        scores[estimator] = depth_metrics(
+            res.depth.astype(np.float64), needle.left.depth, needle.left.mask > 0
+        )
+    fused, stereo = scores["fused"], scores["stereo"]
+    assert fused["rmse_instrument_um"] < 100 < stereo["rmse_instrument_um"]
+    assert fused["rmse_boundary_um"] < 2 * fused["rmse_interior_um"]
+    assert fused["rmse_boundary_um"] < stereo["rmse_boundary_um"] / 3
+    assert fused["coverage"] > 0.7
+
+
+def test_distance_through_the_pipeline_and_its_mask_sources(needle):
+    pair = OPTICS.stereo()
+    pipe = DepthPipeline(seg_weights=None, device="cpu")
+    assert pipe.mask_source == "height"
+    res = pipe(
+        needle.left.aif, needle.right.aif, pair, masks=(needle.left.mask, needle.right.mask)
+    )
+    m = res.measurement
+    assert m.ok and m.distance_normal == pytest.approx(needle.scene.gap_normal, abs=50e-6)
+    assert set(res.ms) >= {"stereo", "geometry", "fuse"}
+    # With no network at all, the mask is what stands above the retina: the needle is found.
+    alone = pipe(needle.left.aif, needle.right.aif, pair)
+    left = needle.left.mask > 0
+    iou = (alone.mask & left).sum() / (alone.mask | left).sum()
+    assert iou > 0.5 and alone.right_mask is None
+    with pytest.raises(InputError, match="RGB"):
+        pipe(needle.left.aif[..., 0], needle.right.aif[..., 0], pair)
+    with pytest.raises(InputError, match="estimator net needs"):
+        DepthPipeline(PipelineConfig(estimator="net"), seg_weights=None)
+    with pytest.raises(InputError, match="estimator must be"):
+        PipelineConfig(estimator="guess")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, needle):
+    import cv2
+
+    from micro_perception.camera import camera_yaml
+
+    d = tmp_path_factory.mktemp("measure")
+    cv2.imwrite(str(d / "l.png"), needle.left.aif[..., ::-1])
+    cv2.imwrite(str(d / "r.png"), needle.right.aif[..., ::-1])
+    (d / "l.yaml").write_text(camera_yaml(OPTICS.left_camera(), "left"))
+    (d / "r.yaml").write_text(camera_yaml(OPTICS.right_camera(), "right"))
+    return d
+
+
+def test_measure_command_prints_the_documented_keys(files, cli_json, run_cli):
+    import cv2
+
+    args = ("measure", files / "l.png", files / "r.png")
+    args += ("--camera-info", files / "l.yaml", files / "r.yaml", "--device", "cpu")
+    out = cli_json(*args, "--overlay", str(files / "o.png"))
+    assert {"tip_pixel", "tip_xyz_m", "distance_normal_m", "distance_axis_m", "alert"} <= set(out)
+    assert cv2.imread(str(files / "o.png")).shape == (384, 384, 3)
+    if out["masks"] == "segmentation":  # the shipped network: the distance must be right
+        assert out["distance_normal_m"] == pytest.approx(0.4e-3, abs=100e-6)
+        assert len(out["tip_pixel"]) == 2 and len(out["tip_xyz_m"]) == 3
+        assert out["alert"] is True and out["method"] in ("silhouette", "tip")
+    elif out["distance_normal_m"] is None:
+        assert out["reason"] and out["alert"] is False
+    else:  # masks from height alone: biased, and flagged so
+        assert out["method"] == "depth" and out["distance_normal_m"] >= 0.0
+    text = run_cli(*args).stdout
+    assert "mm" in text
+    bad = run_cli(
+        "measure", files / "l.png", files / "r.png", "--camera-info", files / "l.yaml", check=False
+    )
+    assert bad.returncode != 0
+
+
+def test_eval_distance_json_on_a_small_set(tmp_path, run_cli, cli_json):
+    data = tmp_path / "sim"
+    run_cli(
+        "simulate",
+        "--out",
+        data,
+        "--samples",
+        "3",
+        "--seed",
+        "4",
+        "--size",
+        "256",
+        "256",
+        "--slices",
+        "2",
+        "--json",
+    )
+    frames = tmp_path / "frames.json"
+    result = cli_json(
+        "eval",
+        "distance",
+        "--data",
+        str(data),
+        "--input",
+        "aif",
+        "--oracle-masks",
+        "--frames",
+        str(frames),
+    )
+    assert {"mae_um", "p95_um", "by_range", "false_alarm", "miss", "tip_detect"} <= set(result)
+    assert set(result["by_range"]) == {"<0.5mm", "0.5-1.5mm", ">1.5mm"}
+    assert result["_meta"]["frames"] == 3 and result["_meta"]["masks"] == "oracle"
+    rows = json.loads(frames.read_text())
+    assert len(rows) == 3 and {"true_m", "measured_m", "method"} <= set(rows[0])

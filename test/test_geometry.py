@@ -1,0 +1,144 @@
+"""Instrument-to-retina geometry on analytic cases and on exactly rendered scenes."""
+
+import numpy as np
+import pytest
+
+from micro_perception.errors import InputError
+from micro_perception.geometry import (
+    GeometryConfig,
+    SphereFit,
+    capsule_gaps,
+    find_instrument,
+    fit_sphere,
+    measure,
+)
+from micro_perception.optics import MicroscopeOptics
+from micro_perception.sim.render import render_layers
+from micro_perception.sim.scene import make_scene
+
+CENTRE = np.array([0.4e-3, -0.3e-3, 0.1885])
+RADIUS = 12e-3
+
+
+def cap_points(n=4000, noise=0.0, outliers=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-4e-3, 4e-3, (n, 2))
+    d = xy - CENTRE[:2]
+    z = CENTRE[2] + np.sqrt(RADIUS**2 - (d**2).sum(1))
+    p = np.column_stack([xy, z + rng.normal(0, noise, n)])
+    bad = rng.uniform(size=n) < outliers
+    p[bad, 2] -= rng.uniform(0.3e-3, 3e-3, bad.sum())  # instrument-like points above the retina
+    return p
+
+
+def test_sphere_fit_recovers_a_cap_through_noise_and_outliers():
+    fit = fit_sphere(cap_points(noise=5e-6, outliers=0.2))
+    assert fit.residual < 8e-6
+    # What matters is the surface where the instrument is: a point 300 um above it.
+    p = np.array([1e-3, 1e-3, 0.0])
+    p[2] = CENTRE[2] + np.sqrt(RADIUS**2 - ((p[:2] - CENTRE[:2]) ** 2).sum())
+    normal = (CENTRE - p) / np.linalg.norm(CENTRE - p)
+    assert fit.gap(p + 300e-6 * normal) == pytest.approx(300e-6, abs=3e-6)
+
+
+def test_sphere_fit_refuses_too_few_or_no_spherical_points():
+    with pytest.raises(InputError, match="retina points"):
+        fit_sphere(cap_points(n=50))
+    flat = cap_points()
+    flat[:, 2] = np.random.default_rng(1).uniform(0.18, 0.22, len(flat))
+    with pytest.raises(InputError):
+        fit_sphere(flat)
+
+
+def test_capsule_gap_is_the_analytic_sphere_distance_minus_the_radius():
+    sphere = SphereFit(CENTRE, RADIUS, 0.0, 100)
+    below = CENTRE + np.array([0.0, 0.0, RADIUS])  # the retina straight below the centre
+    start = below - np.array([0.0, 0.0, 0.8e-3])  # 0.8 mm above it
+    axis = np.array([1.0, 0.0, -1.0]) / np.sqrt(2)  # rising away from the retina
+    r = 0.3e-3
+    normal, axial, nearest, foot = capsule_gaps(sphere, start, axis, r, 3e-3)
+    assert normal == pytest.approx(0.8e-3 - r, abs=1e-7)
+    assert axial == pytest.approx(0.8e-3 - r, abs=3e-6)
+    assert np.linalg.norm(nearest - (start + np.array([0, 0, r]))) < 1e-6
+    assert sphere.gap(foot) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_find_instrument_locates_a_drawn_tip_and_radius():
+    import cv2
+
+    mask = np.zeros((300, 400), np.uint8)
+    tip = np.array([250.0, 160.0])
+    direction = np.array([-np.cos(np.deg2rad(35)), -np.sin(np.deg2rad(35))])  # to the border
+    end = tip + 600 * direction
+    centre = tip - 12 * direction * -1  # the rounded end's centre, 12 px behind the tip
+    cv2.line(mask, tuple(np.rint(centre).astype(int)), tuple(np.rint(end).astype(int)), 1, 24)
+    cv2.circle(mask, tuple(np.rint(centre).astype(int)), 12, 1, -1)
+    inst = find_instrument(mask, px_per_m=64000.0)
+    assert np.linalg.norm(inst.tip_px - tip) < 1.5
+    assert inst.direction @ direction > 0.999
+    assert inst.radius_px == pytest.approx(12.5, abs=1.0)
+
+
+def test_no_instrument_or_a_speck_is_not_an_instrument():
+    mask = np.zeros((100, 100), bool)
+    assert find_instrument(mask, 6e4) is None
+    mask[50:53, 50:53] = True
+    assert find_instrument(mask, 6e4) is None
+
+
+@pytest.fixture(scope="module")
+def optics():
+    return MicroscopeOptics().scaled_to(384, 384)
+
+
+def exact_views(scene, optics):
+    left, right = render_layers(scene, optics, "left"), render_layers(scene, optics, "right")
+    return left.depth.astype(np.float64), left.mask, right.mask
+
+
+@pytest.mark.parametrize("seed,kind,gap", [(3, "needle", 0.3e-3), (8, "vitrector", 1.2e-3)])
+def test_measure_on_exact_views_to_tens_of_micrometres(optics, seed, kind, gap):
+    scene = make_scene(seed, optics, kind=kind, gap=gap)
+    depth, mask, right_mask = exact_views(scene, optics)
+    m = measure(optics.stereo(), depth, mask, right_mask)
+    assert m.ok, m.reason
+    assert m.method in ("silhouette", "tip")
+    assert m.distance_normal == pytest.approx(scene.gap_normal, abs=40e-6)
+    assert m.distance_axial == pytest.approx(scene.gap_axial, abs=40e-6)
+    assert np.linalg.norm(m.tip_xyz - scene.instrument.tip) < 120e-6
+    assert m.radius == pytest.approx(scene.instrument.shaft_radius, rel=0.1)
+    assert m.retina.residual < 5e-6
+
+
+def test_without_the_right_mask_the_distance_is_flagged_as_biased(optics):
+    scene = make_scene(3, optics, kind="needle", gap=0.6e-3)
+    depth, mask, _ = exact_views(scene, optics)
+    m = measure(optics.stereo(), depth, mask, None)
+    assert m.method == "depth" and any("biased" in n for n in m.notes)
+    assert m.ok
+
+
+def test_unknown_distance_says_why(optics):
+    from micro_perception.sim.scene import SceneConfig
+
+    scene = make_scene(5, optics, config=SceneConfig(p_no_instrument=1.0))
+    depth, mask, right_mask = exact_views(scene, optics)
+    m = measure(optics.stereo(), depth, mask, right_mask)
+    assert not m.ok and m.reason == "no instrument in view"
+    assert m.distance("normal") == np.inf and m.distance("axial") == np.inf
+    blank = np.full(depth.shape, np.nan)
+    m = measure(optics.stereo(), blank, mask, right_mask)
+    assert not m.ok and m.reason.startswith("retina fit failed")
+    with pytest.raises(InputError, match="distance mode"):
+        m.distance("sideways")
+
+
+def test_measure_refuses_mismatched_inputs(optics):
+    pair = optics.stereo()
+    depth = np.full((pair.left.height, pair.left.width), 0.2)
+    with pytest.raises(InputError, match="camera_info"):
+        measure(pair, depth[:-1], None)
+    with pytest.raises(InputError, match="mask"):
+        measure(pair, depth, np.zeros((5, 5), bool))
+    with pytest.raises(InputError):
+        GeometryConfig(ransac_threshold=0.0)
