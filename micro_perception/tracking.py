@@ -1,0 +1,125 @@
+"""Steady distance and a proximity alert from per-frame measurements (no ROS).
+
+* :class:`DistanceFilter`: a constant-velocity Kalman filter on the distance. A measurement
+  whose innovation exceeds ``gate_sigma`` standard deviations is an outlier and is skipped;
+  after ``max_outliers`` in a row the instrument really moved and the filter restarts from the
+  measurement. With no measurement for ``stale_after`` seconds the distance is unknown again.
+* :class:`ProximityAlert`: on when the distance drops below ``threshold``, off only once it is
+  above ``threshold + hysteresis``; off while the distance is unknown (the node reports why).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from micro_perception.errors import InputError
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    measurement_noise: float = 25e-6  # m, one frame's distance error (std)
+    acceleration_noise: float = 2e-3  # m/s^2, how briskly a surgeon changes speed (std)
+    gate_sigma: float = 4.0
+    max_outliers: int = 3
+    stale_after: float = 0.5  # s
+
+    def __post_init__(self):
+        if not (self.measurement_noise > 0 and self.acceleration_noise > 0):
+            raise InputError("measurement_noise and acceleration_noise must be > 0")
+        if not self.gate_sigma > 0 or self.max_outliers < 1 or not self.stale_after > 0:
+            raise InputError("gate_sigma, max_outliers and stale_after must be positive")
+
+
+class DistanceFilter:
+    def __init__(self, cfg: FilterConfig | None = None):
+        self.cfg = cfg or FilterConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        self.t: float | None = None
+        self.x = [0.0, 0.0]  # distance, rate
+        self.p = [[0.0, 0.0], [0.0, 0.0]]
+        self.outliers = 0
+        self.last_measurement: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.t is not None
+
+    def _start(self, t: float, z: float) -> float:
+        r = self.cfg.measurement_noise**2
+        self.t, self.x, self.outliers = t, [z, 0.0], 0
+        self.p = [[r, 0.0], [0.0, (2e-3) ** 2]]  # rate unknown: a few mm/s
+        self.last_measurement = t
+        return z
+
+    def update(self, t: float, z: float | None) -> float | None:
+        """The filtered distance at time ``t`` (s) given this frame's measurement (None or a
+        non-finite value: nothing measured); None while unknown."""
+        measured = z is not None and math.isfinite(z)
+        if self.t is not None and t < self.t:  # time went backwards (a looping bag)
+            self.reset()
+        if self.t is None:
+            return self._start(t, z) if measured else None
+        if not measured:
+            if t - self.last_measurement > self.cfg.stale_after:
+                self.reset()
+                return None
+            return self._predict(t)
+        self._predict(t)
+        r = self.cfg.measurement_noise**2
+        s = self.p[0][0] + r
+        innovation = z - self.x[0]
+        if innovation * innovation > self.cfg.gate_sigma**2 * s:
+            self.outliers += 1
+            if self.outliers >= self.cfg.max_outliers:
+                return self._start(t, z)
+            return self.x[0]
+        self.outliers = 0
+        k0, k1 = self.p[0][0] / s, self.p[1][0] / s
+        self.x = [self.x[0] + k0 * innovation, self.x[1] + k1 * innovation]
+        p00, p01, p10, p11 = self.p[0][0], self.p[0][1], self.p[1][0], self.p[1][1]
+        self.p = [
+            [(1 - k0) * p00, (1 - k0) * p01],
+            [p10 - k1 * p00, p11 - k1 * p01],
+        ]
+        self.last_measurement = t
+        return max(self.x[0], 0.0)
+
+    def _predict(self, t: float) -> float:
+        dt = t - self.t
+        self.t = t
+        if dt <= 0:
+            return max(self.x[0], 0.0)
+        q = self.cfg.acceleration_noise**2
+        x0, x1 = self.x
+        self.x = [x0 + dt * x1, x1]
+        p00, p01, p10, p11 = self.p[0][0], self.p[0][1], self.p[1][0], self.p[1][1]
+        self.p = [
+            [
+                p00 + dt * (p10 + p01) + dt * dt * p11 + q * dt**4 / 4,
+                p01 + dt * p11 + q * dt**3 / 2,
+            ],
+            [p10 + dt * p11 + q * dt**3 / 2, p11 + q * dt * dt],
+        ]
+        return max(self.x[0], 0.0)
+
+
+class ProximityAlert:
+    def __init__(self, threshold: float = 0.5e-3, hysteresis: float = 0.1e-3):
+        if not threshold > 0 or hysteresis < 0:
+            raise InputError(
+                f"alert threshold must be > 0 and hysteresis >= 0, got {threshold}, {hysteresis}"
+            )
+        self.threshold, self.hysteresis = threshold, hysteresis
+        self.on = False
+
+    def update(self, distance: float | None) -> bool:
+        if distance is None or not math.isfinite(distance):
+            self.on = False
+        elif distance < self.threshold:
+            self.on = True
+        elif distance > self.threshold + self.hysteresis:
+            self.on = False
+        return self.on
