@@ -80,6 +80,7 @@ setup(
             "sim_microscope_node = micro_perception.ros.sim_microscope_node:main",
             "focal_fusion_node = micro_perception.ros.focal_fusion_node:main",
             "fusion_check_node = micro_perception.ros.fusion_check_node:main",
+            "depth_node = micro_perception.ros.depth_node:main",
         ],
     },
 )

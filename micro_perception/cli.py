@@ -683,7 +683,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     import numpy as np
 
     left, right, pair = _read_calibrated(args, need_right=True)
-    pipe = _pipeline(args, "fused")
+    pipe = _pipeline(args, "combined")
     res = pipe(left, right, pair)
     m = res.measurement
     out = {
@@ -972,8 +972,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         nargs="+",
-        default=["fused", "stereo", "dff"],
-        choices=["fused", "net", "stereo", "dff"],
+        default=["combined", "stereo", "dff"],
+        choices=["combined", "net", "stereo", "dff"],
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
     p.add_argument("--weights", help="depth network weights (for method net)")
@@ -1012,7 +1012,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="LEFT.yaml [RIGHT.yaml] in ROS camera calibration format",
     )
     p.add_argument("--out", required=True, help="DEPTH.npy or DEPTH.tiff (float32, metres)")
-    p.add_argument("--method", default="fused", choices=["fused", "stereo", "net"])
+    p.add_argument("--method", default="combined", choices=["combined", "stereo", "net"])
     p.add_argument("--weights", help="depth network weights (for --method net)")
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
     p.add_argument("--device", default="auto")

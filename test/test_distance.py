@@ -26,14 +26,14 @@ def test_fused_depth_beats_stereo_on_the_instrument_and_its_edges(needle):
     pair = OPTICS.stereo()
     masks = (needle.left.mask, needle.right.mask)
     scores = {}
-    for estimator in ("stereo", "fused"):
+    for estimator in ("stereo", "combined"):
         pipe = DepthPipeline(PipelineConfig(estimator=estimator), seg_weights=None, device="cpu")
         res = pipe(needle.left.aif, needle.right.aif, pair, masks=masks)
         assert res.depth.dtype == np.float32 and res.depth.shape == needle.left.depth.shape
         scores[estimator] = depth_metrics(
             res.depth.astype(np.float64), needle.left.depth, needle.left.mask > 0
         )
-    fused, stereo = scores["fused"], scores["stereo"]
+    fused, stereo = scores["combined"], scores["stereo"]
     assert fused["rmse_instrument_um"] < 100 < stereo["rmse_instrument_um"]
     assert fused["rmse_boundary_um"] < 2 * fused["rmse_interior_um"]
     assert fused["rmse_boundary_um"] < stereo["rmse_boundary_um"] / 3

@@ -5,7 +5,7 @@ both views, and the instrument-to-retina measurement. Estimators of the depth im
 
 * ``stereo``: the stereo teacher (semi-global matching), unknown where it is not confident.
 * ``net``: the depth network's own depth.
-* ``fused``: the stereo depth on the retina, with the retina model (the fitted sphere) in the
+* ``combined``: the stereo depth on the retina, with the retina model (the fitted sphere) in the
   band around the instrument where matching smears foreground into background, and the
   instrument's pixels from its fitted 3D model (silhouettes of both views, see geometry.py),
   whose depth is free of the highlight bias stereo has on polished steel. Pixels neither cue
@@ -40,12 +40,12 @@ from micro_perception.geometry import (
 )
 from micro_perception.inference import pick_device
 
-ESTIMATORS = ("fused", "stereo", "net")
+ESTIMATORS = ("combined", "stereo", "net")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    estimator: str = "fused"
+    estimator: str = "combined"
     mask_threshold: float = 0.5  # on the mask head's probability
     min_height: float = 150e-6  # m above the retina: the mask without a network
     boundary_band_px: int = 4  # retina pixels this close to the instrument take the retina model

@@ -32,7 +32,7 @@ from micro_perception.sim.dataset import (
     read_rgb,
 )
 
-METHODS = ("fused", "net", "stereo", "dff")
+METHODS = ("combined", "net", "stereo", "dff")
 BOUNDARY_PX = 3
 ABSREL_MIN_HEIGHT = 100e-6
 
@@ -104,11 +104,11 @@ def evaluate_depth(
         from micro_perception.depth.network import load_depth_net
 
         net = load_depth_net(weights)
-    fused = None
-    if "fused" in methods:
+    combined = None
+    if "combined" in methods:
         from micro_perception.depth.pipeline import DepthPipeline
 
-        fused = DepthPipeline(seg_weights=seg_weights, device="cpu")
+        combined = DepthPipeline(seg_weights=seg_weights, device="cpu")
     dff = Fuser("sml", "cpu")
     records = find_stacks(root)[:limit]
     per = {m: {"ms": []} for m in methods}
@@ -124,8 +124,8 @@ def evaluate_depth(
                 with torch.inference_mode():
                     x = torch.from_numpy(images["left"]).permute(2, 0, 1).float().div(255)
                     pred = net(x[None])[0][0, 0].numpy()
-            elif m == "fused":
-                pred = fused(images["left"], images["right"], pair).depth
+            elif m == "combined":
+                pred = combined(images["left"], images["right"], pair).depth
             elif m == "stereo":
                 pred = stereo_depth(images["left"], images["right"], pair).depth
             else:
@@ -147,6 +147,6 @@ def evaluate_depth(
         "input": input_kind,
         "data": str(root),
         "threads": torch.get_num_threads(),
-        "masks": fused.mask_source if fused is not None else None,
+        "masks": combined.mask_source if combined is not None else None,
     }
     return result

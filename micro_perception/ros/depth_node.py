@@ -1,0 +1,311 @@
+"""depth_node: depth, the instrument, and its distance to the retina, from a stereo pair.
+
+Subscribes ``left/image``, ``right/image``, ``left/camera_info``, ``right/camera_info``
+(relative names; the launch files remap them to ``{eye}/fused/...``, or to ``{eye}/image_raw``
+without a focus sweep), paired by the approximate-time synchroniser. Each pair runs through the
+depth pipeline (depth/pipeline.py): stereo, instrument masks of both views, geometry.
+
+Publishes, with the left image's stamp and frame:
+
+* ``depth/image`` (32FC1, m, NaN unknown; REP 118) and ``depth/camera_info``;
+* ``depth/points`` (PointCloud2 xyz + rgb, every ``point_decimation``-th pixel; only while
+  subscribed);
+* ``instrument/mask`` (mono8, 255 = instrument), ``instrument/tip`` (PointStamped, when known);
+* ``instrument/retina_distance`` (sensor_msgs/Range, m, filtered; +inf when unknown, the REP 117
+  convention for "nothing detected");
+* ``instrument/proximity_alert`` (std_msgs/Bool, reliable; on every change and at 1 Hz);
+* ``instrument/markers`` (MarkerArray: tip, tip-to-retina line, distance text; only while
+  subscribed);
+* ``/diagnostics``: rate, latency, drops, estimator, device, mask source, fit residual, and why the
+  distance is unknown when it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from geometry_msgs.msg import Point, PointStamped
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, Range
+from std_msgs.msg import Bool, ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+from micro_perception.depth.pipeline import ESTIMATORS, DepthPipeline, PipelineConfig
+from micro_perception.errors import InputError
+from micro_perception.geometry import DISTANCE_MODES, back_project
+from micro_perception.inference import DEVICES
+from micro_perception.ros.conversions import (
+    camera_infos_to_stereo,
+    image_to_numpy,
+    numpy_to_image,
+    output_header,
+    points_to_pointcloud2,
+)
+from micro_perception.ros.diagnostics import Health
+from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.qos import alert_qos, image_qos
+from micro_perception.ros.runner import spin_node
+from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
+from micro_perception.sim.sequence import LEFT_FRAME
+from micro_perception.tracking import DistanceFilter, FilterConfig, ProximityAlert
+
+COLOUR = {"rgb8": False, "bgr8": True}  # value: channels reversed
+
+PARAMS = [
+    ParamSpec(
+        "estimator",
+        "combined",
+        "depth image: combined, stereo or net",
+        choices=ESTIMATORS,
+        read_only=True,
+    ),
+    ParamSpec(
+        "depth_weights",
+        "",
+        "depth network weights ('' = none; estimator net needs them)",
+        read_only=True,
+    ),
+    ParamSpec(
+        "seg_weights",
+        "",
+        "segmentation weights ('' = the installed models/segmentation.pt)",
+        read_only=True,
+    ),
+    ParamSpec("device", "auto", "where networks run", choices=DEVICES, read_only=True),
+    *qos_params("best_effort", 5, "image subscription"),
+    ParamSpec(
+        "sync_slop",
+        0.01,
+        "largest stamp spread of a synchronised pair, s",
+        0.0,
+        1.0,
+        read_only=True,
+    ),
+    ParamSpec("sync_queue", 10, "messages kept per input for pairing", 1, 1000, read_only=True),
+    ParamSpec("frame_id", LEFT_FRAME, "output frame when the left image has none", read_only=True),
+    ParamSpec(
+        "distance_mode",
+        "normal",
+        "published gap: along the retina normal or the optical axis",
+        choices=DISTANCE_MODES,
+    ),
+    ParamSpec("alert_distance", 0.5e-3, "proximity alert on below this gap, m", 1e-5, 0.02),
+    ParamSpec(
+        "alert_hysteresis", 0.1e-3, "alert off above alert_distance plus this, m", 0.0, 0.01
+    ),
+    ParamSpec(
+        "alert_period", 1.0, "alert republished at least this often, s", 0.05, 60.0, read_only=True
+    ),
+    ParamSpec("filter_noise", 25e-6, "one frame's distance noise for the filter, m", 1e-7, 1e-2),
+    ParamSpec(
+        "filter_acceleration", 2e-3, "instrument acceleration the filter allows, m/s^2", 1e-6, 10.0
+    ),
+    ParamSpec("filter_gate", 4.0, "outlier gate of the filter, standard deviations", 1.0, 100.0),
+    ParamSpec("stale_after", 0.5, "no distance for this long: unknown, s", 0.01, 60.0),
+    ParamSpec("point_decimation", 4, "publish every n-th pixel in depth/points", 1, 64),
+    ParamSpec(
+        "mask_threshold",
+        0.5,
+        "segmentation probability of an instrument pixel",
+        0.01,
+        0.99,
+        read_only=True,
+    ),
+    ParamSpec("range_max", 0.02, "Range.max_range, m", 1e-3, 1.0, read_only=True),
+]
+
+
+class DepthNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("depth_node", **kwargs)
+        self.params = p = Parameters(self, PARAMS)
+        self.pipeline = DepthPipeline(
+            PipelineConfig(estimator=p["estimator"], mask_threshold=p["mask_threshold"]),
+            depth_weights=p["depth_weights"] or None,
+            seg_weights=p["seg_weights"] or "default",
+            device=p["device"],
+        )
+        self.health = Health(self, "depth")
+        self.health.values.update(
+            {
+                "estimator": p["estimator"],
+                "device": str(self.pipeline.device),
+                "masks": self.pipeline.mask_source,
+            }
+        )
+        if self.pipeline.mask_source == "height":
+            self.get_logger().warning(
+                "no segmentation or depth network weights: instrument masks come from height "
+                "above the retina and distances are biased (install models/segmentation.pt or "
+                "set seg_weights)"
+            )
+        self.filter = DistanceFilter(self._filter_config())
+        self.alert = ProximityAlert(p["alert_distance"], p["alert_hysteresis"])
+        self.add_post_set_parameters_callback(self._on_params)
+        self.last_stamp_ns: int | None = None
+        qos = image_qos(p["reliability"], p["qos_depth"])
+        subs = [
+            Subscriber(self, Image, "left/image", qos_profile=qos),
+            Subscriber(self, Image, "right/image", qos_profile=qos),
+            Subscriber(self, CameraInfo, "left/camera_info", qos_profile=qos),
+            Subscriber(self, CameraInfo, "right/camera_info", qos_profile=qos),
+        ]
+        self.sync = ApproximateTimeSynchronizer(subs, p["sync_queue"], p["sync_slop"])
+        self.sync.registerCallback(self._on_pair)
+        self.pub_depth = self.create_publisher(Image, "depth/image", qos)
+        self.pub_info = self.create_publisher(CameraInfo, "depth/camera_info", qos)
+        self.pub_points = self.create_publisher(PointCloud2, "depth/points", qos)
+        self.pub_mask = self.create_publisher(Image, "instrument/mask", qos)
+        self.pub_tip = self.create_publisher(PointStamped, "instrument/tip", 10)
+        self.pub_range = self.create_publisher(Range, "instrument/retina_distance", 10)
+        self.pub_alert = self.create_publisher(Bool, "instrument/proximity_alert", alert_qos())
+        self.pub_markers = self.create_publisher(MarkerArray, "instrument/markers", 10)
+        self.alert_timer = self.create_timer(p["alert_period"], self._publish_alert)
+        self.get_logger().info(
+            f"depth: {p['estimator']} on {self.pipeline.device}, masks from "
+            f"{self.pipeline.mask_source}; alert below {p['alert_distance'] * 1e3:.2f} mm "
+            f"({p['distance_mode']})"
+        )
+
+    def _filter_config(self) -> FilterConfig:
+        p = self.params
+        return FilterConfig(
+            measurement_noise=p["filter_noise"],
+            acceleration_noise=p["filter_acceleration"],
+            gate_sigma=p["filter_gate"],
+            stale_after=p["stale_after"],
+        )
+
+    def _on_params(self, params) -> None:
+        names = {q.name for q in params}
+        if names & {"alert_distance", "alert_hysteresis"}:
+            self.alert.threshold = self.params["alert_distance"]
+            self.alert.hysteresis = self.params["alert_hysteresis"]
+        if names & {"filter_noise", "filter_acceleration", "filter_gate", "stale_after"}:
+            self.filter = DistanceFilter(self._filter_config())
+        if "distance_mode" in names:
+            self.filter.reset()
+
+    # --- input -----------------------------------------------------------------------------
+
+    def _decode(self, msg: Image, name: str) -> np.ndarray:
+        if msg.encoding not in COLOUR:
+            raise InputError(f"{name}: encoding {msg.encoding!r} is not rgb8 or bgr8")
+        arr = image_to_numpy(msg)
+        return np.ascontiguousarray(arr[..., ::-1] if COLOUR[msg.encoding] else arr)
+
+    def _on_pair(self, left: Image, right: Image, left_info: CameraInfo, right_info: CameraInfo):
+        self.health.input()
+        stamp_ns = left.header.stamp.sec * 1_000_000_000 + left.header.stamp.nanosec
+        if self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns:
+            self.get_logger().info("stamps went backwards (a looping bag?): filter reset")
+            self.filter.reset()
+        self.last_stamp_ns = stamp_ns
+        try:
+            pair = camera_infos_to_stereo(left_info, right_info)
+            images = self._decode(left, "left/image"), self._decode(right, "right/image")
+            if images[0].shape[:2] != (pair.left.height, pair.left.width):
+                raise InputError(
+                    f"images are {images[0].shape[1]}x{images[0].shape[0]}, camera_info says "
+                    f"{pair.left.width}x{pair.left.height}"
+                )
+            result = self.pipeline(images[0], images[1], pair)
+        except InputError as exc:
+            self.health.problem("bad_input", f"stereo pair dropped: {exc}")
+            return
+        self._publish(left, left_info, images[0], pair, result, stamp_ns * 1e-9)
+
+    # --- output ----------------------------------------------------------------------------
+
+    def _publish(self, left, left_info, image, pair, result, t: float) -> None:
+        p = self.params
+        header = output_header(left.header, left.header.frame_id or p["frame_id"])
+        self.pub_depth.publish(numpy_to_image(result.depth, "32FC1", header))
+        left_info.header = header
+        self.pub_info.publish(left_info)
+        self.pub_mask.publish(numpy_to_image(result.mask.astype(np.uint8) * 255, "mono8", header))
+        if self.pub_points.get_subscription_count() > 0:
+            self.pub_points.publish(self._cloud(image, result.depth, pair, header))
+        m = result.measurement
+        raw = m.distance(p["distance_mode"]) if m.ok else None
+        distance = self.filter.update(t, raw)
+        if m.ok and m.tip_xyz is not None:
+            x, y, z = (float(v) for v in m.tip_xyz)
+            self.pub_tip.publish(PointStamped(header=header, point=Point(x=x, y=y, z=z)))
+        self.pub_range.publish(
+            Range(
+                header=header,
+                radiation_type=Range.INFRARED,
+                field_of_view=0.0,
+                min_range=0.0,
+                max_range=p["range_max"],
+                range=float(distance) if distance is not None else float("inf"),
+            )
+        )
+        was = self.alert.on
+        if was != self.alert.update(distance):
+            self._publish_alert()
+        if self.pub_markers.get_subscription_count() > 0:
+            self.pub_markers.publish(self._markers(header, m, distance))
+        v = self.health.values
+        v["distance_mm"] = f"{distance * 1e3:.3f}" if distance is not None else "unknown"
+        v["distance_unknown_because"] = m.reason or ("-" if m.ok else "filter")
+        v["method"] = m.method or "-"
+        v["fit_residual_um"] = f"{m.retina.residual * 1e6:.1f}" if m.retina else "-"
+        v["alert"] = str(self.alert.on)
+        v.update({f"{k}_ms": f"{ms:.1f}" for k, ms in result.ms.items()})
+        if not m.ok:
+            self.health.count("distance_unknown")
+        self.health.output(header.stamp)
+
+    def _publish_alert(self) -> None:
+        self.pub_alert.publish(Bool(data=self.alert.on))
+
+    def _cloud(self, image, depth, pair, header):
+        n = self.params["point_decimation"]
+        h, w = depth.shape
+        v, u = np.mgrid[0:h:n, 0:w:n]
+        pts = back_project(pair, u, v, depth[::n, ::n]).astype(np.float32)
+        return points_to_pointcloud2(pts, header, np.ascontiguousarray(image[::n, ::n]))
+
+    def _markers(self, header, m, distance) -> MarkerArray:
+        colour = (
+            ColorRGBA(r=0.9, g=0.15, b=0.15, a=1.0)
+            if self.alert.on
+            else ColorRGBA(r=0.15, g=0.8, b=0.25, a=1.0)
+        )
+        out = MarkerArray()
+        if not m.ok or m.tip_xyz is None:
+            out.markers.append(
+                Marker(header=header, ns="instrument", id=0, action=Marker.DELETEALL)
+            )
+            return out
+
+        def point(xyz):
+            return Point(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+        tip = Marker(header=header, ns="instrument", id=0, type=Marker.SPHERE, action=Marker.ADD)
+        tip.pose.position = point(m.tip_xyz)
+        tip.pose.orientation.w = 1.0
+        tip.scale.x = tip.scale.y = tip.scale.z = 2 * max(m.radius, 50e-6)
+        tip.color = colour
+        line = Marker(header=header, ns="instrument", id=1, type=Marker.LINE_STRIP)
+        line.points = [point(m.nearest_xyz), point(m.retina_xyz)]
+        line.scale.x = 30e-6
+        line.pose.orientation.w = 1.0
+        line.color = colour
+        text = Marker(header=header, ns="instrument", id=2, type=Marker.TEXT_VIEW_FACING)
+        text.pose.position = point(m.tip_xyz - np.array([0.0, 0.0, 0.5e-3]))
+        text.pose.orientation.w = 1.0
+        text.scale.z = 0.4e-3
+        text.text = f"{distance * 1e3:.2f} mm" if distance is not None else "?"
+        text.color = colour
+        out.markers = [tip, line, text]
+        return out
+
+
+def main(args=None) -> None:
+    spin_node(DepthNode, args)
+
+
+if __name__ == "__main__":
+    main()
