@@ -44,6 +44,7 @@ def test_node_fuses_the_live_microscope_like_offline(ros_context, spin, sequence
         Parameter("sweep_rate", value=4.0),
         Parameter("period", value=1.5),
         Parameter("cache_dir", value=str(sequence_cache)),
+        Parameter("frame_noise", value=0.0),  # compared with offline fusion of the render
     ]
     sim = SimMicroscopeNode(context=ros_context, namespace="/fz", parameter_overrides=sim_params)
     fusion = FocalFusionNode(

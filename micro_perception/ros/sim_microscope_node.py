@@ -47,6 +47,14 @@ PARAMS = [
     ParamSpec("near_gap", 0.1e-3, "closest gap of a cycle, m", 0.0, 0.02, read_only=True),
     ParamSpec("sweep_rate", 2.0, "focus sweeps per second", 0.01, 100.0, read_only=True),
     ParamSpec("period", 10.0, "seconds per approach-hover-retract cycle", 0.1, 3600.0),
+    ParamSpec(
+        "frame_noise",
+        1.5,
+        "fresh sensor noise on every slice, grey levels (std); 0 replays the render exactly",
+        0.0,
+        50.0,
+        read_only=True,
+    ),
     *qos_params("reliable", 5, "publisher"),
     ParamSpec("publish_ground_truth", True, "publish ground_truth/* topics"),
     ParamSpec(
@@ -84,7 +92,9 @@ class SimMicroscopeNode(Node):
             Path(p["cache_dir"]) if p["cache_dir"] else None,
             progress=lambda i, n: log.info(f"rendered pose {i}/{n}"),
         )
-        self.player = SequencePlayer(sequence, p["sweep_rate"], p["period"])
+        self.player = SequencePlayer(
+            sequence, p["sweep_rate"], p["period"], p["frame_noise"], p["seed"]
+        )
         self.left_cam = sequence.optics.left_camera()
         self.right_cam = sequence.optics.right_camera()
         qos = image_qos(p["reliability"], p["qos_depth"])

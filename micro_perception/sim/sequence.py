@@ -162,18 +162,50 @@ class Frame:
 
 class SequencePlayer:
     """Slice-by-slice playback: sweeps of K slices at ``sweep_rate`` Hz, a cycle every
-    ``period`` seconds; the instrument pose changes between sweeps only."""
+    ``period`` seconds; the instrument pose changes between sweeps only.
 
-    def __init__(self, sequence: Sequence, sweep_rate: float = 2.0, period: float = 10.0):
+    ``frame_noise`` (grey levels, std) adds fresh sensor noise to every slice it plays, as a
+    camera would: without it a hovering instrument shows the same pixels sweep after sweep,
+    and a measurement's frame-to-frame jitter could not be seen. The noise is drawn from a bank
+    of fields, shifted by the slice number, so playback stays deterministic and cheap."""
+
+    NOISE_FIELDS = 8
+
+    def __init__(
+        self,
+        sequence: Sequence,
+        sweep_rate: float = 2.0,
+        period: float = 10.0,
+        frame_noise: float = 0.0,
+        seed: int = 0,
+    ):
         if sweep_rate <= 0 or period <= 0:
             raise InputError("sweep_rate and period must be > 0")
+        if not 0 <= frame_noise <= 50:
+            raise InputError(f"frame_noise must be in [0, 50] grey levels, got {frame_noise}")
         self.sequence = sequence
         self.sweep_rate = sweep_rate
         self.period = period
+        self.noise = None
+        if frame_noise > 0:
+            rng = np.random.default_rng(seed)
+            shape = (self.NOISE_FIELDS, *sequence.poses[0].left_slices.shape[1:])
+            self.noise = np.clip(np.rint(rng.normal(0, frame_noise, shape)), -127, 127).astype(
+                np.int16
+            )
 
     @property
     def slice_period_ns(self) -> int:
         return round(1e9 / (self.sweep_rate * self.sequence.config.slices))
+
+    def _noisy(self, image: np.ndarray, n: int, eye: int) -> np.ndarray:
+        if self.noise is None:
+            return image
+        k = (2 * n + eye) % self.NOISE_FIELDS
+        field = np.roll(
+            self.noise[k], ((n * 37) % image.shape[0], (n * 61) % image.shape[1]), (0, 1)
+        )
+        return np.clip(image.astype(np.int16) + field, 0, 255).astype(np.uint8)
 
     def frame(self, n: int) -> Frame:
         """The ``n``-th slice since playback started."""
@@ -189,8 +221,8 @@ class SequencePlayer:
             sweep,
             slice_index,
             float(self.sequence.focus_distances[slice_index]),
-            pose.left_slices[slice_index],
-            pose.right_slices[slice_index],
+            self._noisy(pose.left_slices[slice_index], n, 0),
+            self._noisy(pose.right_slices[slice_index], n, 1),
             pose,
         )
 
