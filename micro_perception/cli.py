@@ -513,6 +513,95 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_hover(args: argparse.Namespace) -> int:
+    """Frame-to-frame jitter of depth_node's distance while the virtual instrument hovers."""
+    import time
+
+    import numpy as np
+    import rclpy
+
+    from micro_perception.resources import use_large_image_transport
+    from micro_perception.ros.chain import run_chain
+
+    use_large_image_transport()
+    h, w = args.size
+    sim = {
+        "seed": args.seed,
+        "width": w,
+        "height": h,
+        "slices": args.slices,
+        "poses": 2,
+        "instrument": args.instrument,
+        "far_gap": args.gap,  # the cycle starts at far_gap; a one-hour cycle stays there
+        "near_gap": args.gap / 2,
+        "sweep_rate": args.sweep_rate,
+        "period": 3600.0,
+        "frame_noise": args.frame_noise,
+    }
+    arrivals = []
+
+    def done(got):
+        while len(arrivals) < len(got["range"]):
+            arrivals.append(time.time())
+        return len(got["range"]) >= args.frames + args.warmup
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        t0 = time.monotonic()
+        got, health = run_chain(
+            context,
+            sim,
+            {"slices_per_stack": args.slices, "device": args.device, "publish_focus_depth": False},
+            {"device": args.device},
+            done,
+            args.timeout,
+            namespace="/hover",
+            images=False,
+        )
+        wall = time.monotonic() - t0
+    finally:
+        rclpy.shutdown(context=context)
+    ranges = got["range"][args.warmup :]
+    d = np.array([m.range for m in ranges])
+    known = d[np.isfinite(d)]
+    truth = [m.range for m in got["truth"]]
+    lat = [
+        (arr - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)) * 1e3
+        for m, arr in zip(got["range"], arrivals, strict=False)
+    ][args.warmup :]
+    values = {kv.key: kv.value for kv in health.values}
+    out = {
+        "frames": len(d),
+        "known": len(known),
+        "true_distance_m": float(np.median(truth)) if truth else None,
+        "mean_distance_m": float(known.mean()) if len(known) else None,
+        "jitter_std_um": float(known.std() * 1e6) if len(known) > 1 else None,
+        "step_std_um": float(np.diff(known).std() * 1e6) if len(known) > 2 else None,
+        "rate_hz": float(len(got["range"]) / wall) if wall > 0 else None,
+        "latency_ms_p50": float(np.median(lat)) if lat else None,
+        "alert_messages_on": int(sum(m.data for m in got["alert"])),
+        "masks": values.get("masks"),
+        "device": values.get("device"),
+        "config": sim,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0 if out["frames"] >= args.frames else 1
+    print(
+        f"{out['frames']} distances ({out['known']} known) at {out['rate_hz']:.2f} Hz, hovering "
+        f"at {sim['far_gap'] * 1e3:.2f} mm ({args.instrument}); masks {out['masks']}"
+    )
+    if out["jitter_std_um"] is not None:
+        print(
+            f"  mean {out['mean_distance_m'] * 1e3:.4f} mm vs true "
+            f"{out['true_distance_m'] * 1e3:.4f} mm; jitter (std) {out['jitter_std_um']:.1f} um, "
+            f"frame-to-frame step std {out['step_std_um']:.1f} um; latency p50 "
+            f"{out['latency_ms_p50']:.0f} ms"
+        )
+    return 0 if out["frames"] >= args.frames else 1
+
+
 def cmd_eval_fusion(args: argparse.Namespace) -> int:
     """Score the fusion network and the classical baselines against ground truth."""
     from micro_perception.fusion.fuser import default_fusion_weights
@@ -1002,6 +1091,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", help="also write every frame's result to this JSON file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_distance)
+    p = ev.add_parser("hover", help=cmd_eval_hover.__doc__)
+    p.add_argument("--frames", type=int, default=300, help="distances to collect")
+    p.add_argument("--warmup", type=int, default=5, help="first distances left out")
+    p.add_argument("--gap", type=float, default=0.3e-3, help="hover gap, m")
+    p.add_argument("--instrument", default="needle")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--slices", type=int, default=4)
+    p.add_argument("--sweep-rate", type=float, default=1.0, help="sweeps per second")
+    p.add_argument("--frame-noise", type=float, default=1.5, help="grey levels (std)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--timeout", type=float, default=1800.0, help="s")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_hover)
     p = sub.add_parser("depth", help=cmd_depth.__doc__)
     p.add_argument("left", help="left (rectified) image")
     p.add_argument("right", nargs="?", help="right (rectified) image (all methods but a lone net)")
