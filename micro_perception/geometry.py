@@ -305,13 +305,9 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
     end = (along >= cfg.tip_zone[0] * px_per_m) & (along <= cfg.tip_zone[1] * px_per_m)
     tip_radius_px = radius_px
     if end.sum() >= 10:
-        bins = np.floor(along[end]).astype(np.int64)
-        lo = np.full(bins.max() + 1, np.inf)
-        hi = np.full(bins.max() + 1, -np.inf)
-        np.minimum.at(lo, bins, t[end])
-        np.maximum.at(hi, bins, t[end])
-        filled = np.isfinite(lo)
-        tip_radius_px = min(radius_px, float(np.median((hi - lo)[filled] + 1.0)) / 2)
+        # Pixels across, not the extent: open jaws or blades leave a gap between them.
+        counts = np.bincount(np.floor(along[end]).astype(np.int64))
+        tip_radius_px = min(radius_px, float(np.median(counts[counts > 0])) / 2)
     # Tip: the extreme pixel along the axis, on the axis line, half a pixel beyond its centre.
     tip = centroid + (s.min() - 0.5) * direction
     return Instrument2D(tip, direction, radius_px, tip_radius_px, comp, int(comp.sum()))
