@@ -509,7 +509,15 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     result = train_segment(cfg)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    history = result["history"]
+    first_last = [history[0]["train_loss"], history[-1]["train_loss"]] if history else None
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k != "history"}
+            | {"train_loss_first_last": first_last},
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -600,6 +608,28 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
             f"{out['latency_ms_p50']:.0f} ms"
         )
     return 0 if out["frames"] >= args.frames else 1
+
+
+def cmd_eval_segment(args: argparse.Namespace) -> int:
+    """Score the instrument segmentation network against simulated masks."""
+    from micro_perception.errors import InputError
+    from micro_perception.resources import shipped_model
+    from micro_perception.training.segment_train import evaluate_segment
+
+    weights = args.weights or shipped_model("segmentation.pt")
+    if weights is None:
+        raise InputError("no segmentation weights: pass --weights (models/segmentation.pt absent)")
+    result = evaluate_segment(args.data, weights, args.input, args.limit, progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    meta = result["_meta"]
+    print(
+        f"{meta['images']} images from {meta['data']} ({meta['input']}): IoU "
+        f"{result['iou']:.4f}, edges within 1 px {result['edge_1px']:.4f}, "
+        f"{result['ms']:.0f} ms/image on {meta['threads']} threads"
+    )
+    return 0
 
 
 def cmd_eval_fusion(args: argparse.Namespace) -> int:
@@ -1091,6 +1121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", help="also write every frame's result to this JSON file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_distance)
+    p = ev.add_parser("segment", help=cmd_eval_segment.__doc__)
+    p.add_argument("--data", required=True)
+    p.add_argument("--weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument("--input", default="fused", choices=["fused", "aif"])
+    p.add_argument("--limit", type=int, help="images (both eyes count)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_segment)
     p = ev.add_parser("hover", help=cmd_eval_hover.__doc__)
     p.add_argument("--frames", type=int, default=300, help="distances to collect")
     p.add_argument("--warmup", type=int, default=5, help="first distances left out")

@@ -177,3 +177,29 @@ def test_stereo_distillation_needs_no_ground_truth(depth_data, run_cli):
         "stereo",
     )
     assert all(np.isfinite(result["train_loss_first_last"]))
+
+
+def test_segmentation_training_lowers_the_loss_and_scores(depth_data, run_cli, cli_json):
+    from micro_perception.depth.segmentation import load_seg_net
+
+    out = depth_data / "seg" / "seg.pt"
+    common = ("--data", depth_data / "data", "--out", out, "--batch", "2", "--size", "64")
+    common += ("--input", "aif", "--device", "cpu", "--crops-per-frame", "4")
+    done = run_cli("train", "segment", *common, "--val", depth_data / "data", "--epochs", "3")
+    start, end = json.loads(done.stdout)["train_loss_first_last"]
+    assert end < start
+    ck = load_checkpoint(f"{out}.ckpt")
+    assert ck["epoch"] == 3 and ck["config"]["input"] == "aif"
+    net = load_seg_net(out)
+    assert net(torch.zeros(1, 3, 40, 52)).shape == (1, 1, 40, 52)  # any size
+    scores = cli_json(
+        "eval",
+        "segment",
+        "--data",
+        str(depth_data / "data"),
+        "--weights",
+        str(out),
+        "--input",
+        "aif",
+    )
+    assert {"iou", "edge_1px", "ms"} <= set(scores) and scores["_meta"]["images"] == 6
