@@ -41,6 +41,7 @@ METHODS = ("silhouette", "tip", "depth")
 @dataclass(frozen=True)
 class GeometryConfig:
     min_instrument_px: int = 60  # smaller mask components are not an instrument
+    min_elongation: float = 2.5  # length / width (std along / across) of an instrument's mask
     retina_margin_px: int = 10  # excluded around the instrument (mixed pixels, its shadow edge)
     min_confidence: float = 0.2  # stereo confidence a retina point needs
     min_retina_points: int = 400
@@ -229,14 +230,24 @@ def retina_points(
 # --- instrument in the image -----------------------------------------------------------------
 
 
-def _largest_component(mask: np.ndarray, min_px: int) -> np.ndarray | None:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return None
-    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    if stats[i, cv2.CC_STAT_AREA] < min_px:
-        return None
-    return labels == i
+def _largest_component(
+    mask: np.ndarray, min_px: int, min_elongation: float = 0.0
+) -> np.ndarray | None:
+    """The largest connected component of at least ``min_px`` pixels whose length is at least
+    ``min_elongation`` times its width (an instrument is long; the optic disc, a highlight or a
+    speck a segmentation mistakes for one are not)."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA]):
+        if stats[i, cv2.CC_STAT_AREA] < min_px:
+            return None
+        comp = labels == i
+        if min_elongation > 0:
+            v, u = np.nonzero(comp)
+            ev = np.linalg.eigvalsh(np.cov(np.stack([u, v]).astype(np.float64)))
+            if ev[0] > 0 and np.sqrt(ev[1] / ev[0]) < min_elongation:
+                continue
+        return comp
+    return None
 
 
 def _border_distance(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -277,7 +288,7 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
     ``px_per_m`` converts the config's lengths to pixels (fx / working depth).
     """
     cfg = cfg or GeometryConfig()
-    comp = _largest_component(mask > 0, cfg.min_instrument_px)
+    comp = _largest_component(mask > 0, cfg.min_instrument_px, cfg.min_elongation)
     if comp is None:
         return None
     v, u = np.nonzero(comp)

@@ -142,3 +142,14 @@ def test_measure_refuses_mismatched_inputs(optics):
         measure(pair, depth, np.zeros((5, 5), bool))
     with pytest.raises(InputError):
         GeometryConfig(ransac_threshold=0.0)
+
+
+def test_a_round_bright_blob_is_not_taken_for_the_instrument():
+    import cv2
+
+    mask = np.zeros((300, 400), np.uint8)
+    cv2.circle(mask, (60, 280), 70, 1, -1)  # the optic disc at the border, mistaken by a mask
+    assert find_instrument(mask, 64000.0) is None
+    cv2.line(mask, (399, 40), (250, 120), 1, 20)  # a smaller, long instrument
+    inst = find_instrument(mask, 64000.0)
+    assert inst is not None and inst.tip_px[0] < 260 and inst.area < 5000
