@@ -120,6 +120,7 @@ class Measurement:
     distance_normal: float = float("inf")
     distance_axial: float = float("inf")
     retina: SphereFit | None = None
+    instrument_mask: np.ndarray | None = None  # the mask component taken for the instrument
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -612,6 +613,7 @@ def measure(
         out.reason = "no instrument in view"
         return out
     out.tip_px = inst.tip_px
+    out.instrument_mask = inst.mask
     line = None
     top = _shaft_top_depth(depth, inst, px_per_m, cfg)
     right = find_instrument(right_mask > 0, px_per_m, cfg) if right_mask is not None else None

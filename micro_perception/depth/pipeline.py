@@ -192,6 +192,9 @@ class DepthPipeline:
         t0 = time.perf_counter()
         m = measure(pair, st.depth, mask, right_mask, st.confidence, cfg.geometry)
         ms["geometry"] = (time.perf_counter() - t0) * 1e3
+        # What the geometry took for the instrument is the instrument: other mask pixels (the
+        # optic disc, a highlight) are retina.
+        mask = m.instrument_mask if m.instrument_mask is not None else np.zeros_like(mask)
         if cfg.estimator == "stereo":
             depth = st.depth
         elif cfg.estimator == "net":
@@ -216,7 +219,9 @@ class DepthPipeline:
         below = sphere.depth_at(pts[..., 0], pts[..., 1])
         with np.errstate(invalid="ignore"):
             high = np.isfinite(depth) & (below - depth > self.cfg.min_height)
-        return cv2.morphologyEx(high.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3))) > 0
+        high = cv2.morphologyEx(high.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3)))
+        # Stereo leaves holes on the shiny shaft: close them so the instrument is one piece.
+        return cv2.morphologyEx(high, cv2.MORPH_CLOSE, np.ones((15, 15), np.uint8)) > 0
 
     def _fuse(self, stereo: np.ndarray, mask: np.ndarray, m: Measurement, pair) -> np.ndarray:
         depth = stereo.copy()
