@@ -50,6 +50,7 @@ class PipelineConfig:
     min_height: float = 150e-6  # m above the retina: the mask without a network
     boundary_band_px: int = 4  # retina pixels this close to the instrument take the retina model
     retina_tolerance: float = 0.5e-3  # m off the retina model: a stereo mismatch, made unknown
+    edge_px: int = 1  # pixels this close to the silhouette mix two depths: unknown
     stereo: StereoConfig = field(default_factory=StereoConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
 
@@ -84,9 +85,11 @@ def render_instrument_depth(
     if m.axis is None or m.tip_xyz is None or len(pixels) == 0:
         return np.full(len(pixels), np.nan)
     r_tip = float(np.linalg.norm(m.tip_xyz - m.centre_xyz))
+    # A shaft placed by its end alone (method "tip") is known near that end only.
+    length = 0.05 if m.method == "silhouette" else cfg.shaft_start
     caps = (
         Capsule(m.centre_xyz, m.centre_xyz + cfg.shaft_start * m.axis, r_tip),
-        Capsule(m.centre_xyz + cfg.shaft_start * m.axis, m.centre_xyz + 0.05 * m.axis, m.radius),
+        Capsule(m.centre_xyz + cfg.shaft_start * m.axis, m.centre_xyz + length * m.axis, m.radius),
     )
     rays = back_project(pair, pixels[:, 0], pixels[:, 1], np.ones(len(pixels)))
     rays /= np.linalg.norm(rays, axis=1, keepdims=True)
@@ -241,12 +244,20 @@ class DepthPipeline:
             # The retina under a pixel's ray: the sphere's far intersection.
             rays = back_project(pair, u, v, np.ones(len(u)))
             depth[v, u] = _ray_sphere_far(rays, m.retina.centre, m.retina.radius)
+        # Inside the mask, the fitted 3D instrument's depth; a pixel it misses (a jaw it does not
+        # describe) is unknown rather than guessed. Pixels on the silhouette itself mix the
+        # instrument and the retina millimetres below it: they have no one depth, so they are
+        # unknown too (edge_px on either side of the mask's edge).
         v, u = np.nonzero(mask)
         if len(u):
-            model = render_instrument_depth(
+            depth[v, u] = render_instrument_depth(
                 pair, m, np.stack([u, v], 1).astype(float), self.cfg.geometry
             )
-            depth[v, u] = model  # NaN where the model misses: no cue we trust there
+        if self.cfg.edge_px > 0:
+            e = 2 * self.cfg.edge_px + 1
+            m8 = mask.astype(np.uint8)
+            kernel = np.ones((e, e), np.uint8)
+            depth[(cv2.dilate(m8, kernel) > 0) & ~(cv2.erode(m8, kernel) > 0)] = np.nan
         return depth
 
 
