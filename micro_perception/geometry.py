@@ -42,6 +42,7 @@ METHODS = ("silhouette", "tip", "depth")
 class GeometryConfig:
     min_instrument_px: int = 60  # smaller mask components are not an instrument
     min_elongation: float = 2.5  # length / width (std along / across) of an instrument's mask
+    contact_tolerance: float = 1.0e-3  # m inside the retina still read as contact (0), not unknown
     retina_margin_px: int = 10  # excluded around the instrument (mixed pixels, its shadow edge)
     min_confidence: float = 0.2  # stereo confidence a retina point needs
     min_retina_points: int = 400
@@ -675,8 +676,10 @@ def measure(
     ga = min(p[1] for p in parts)
     _, _, nearest, foot = min(parts, key=lambda p: p[0])
     out.nearest_xyz, out.retina_xyz = nearest, foot
-    if gn < -radius or not np.isfinite(gn):
+    if not np.isfinite(gn) or gn < -cfg.contact_tolerance:
         out.reason = f"instrument {-gn * 1e3:.2f} mm inside the fitted retina: inconsistent"
         return out
+    if gn < 0:  # touching, or a mask that runs into the tip's glow: the safe reading is contact
+        out.notes.append(f"instrument {-gn * 1e6:.0f} um inside the fitted retina: contact")
     out.distance_normal, out.distance_axial = max(gn, 0.0), max(ga, 0.0)
     return out
