@@ -147,8 +147,9 @@ def run_training(cfg, build, progress: bool = True) -> dict:
             optimizer,
             cfg.lr,
             total_steps=total_steps,
-            # A warm-up of at least two steps: OneCycleLR divides by its length.
-            pct_start=min(0.5, max(0.1, 2.5 / total_steps)),
+            # OneCycleLR divides by (pct_start * total - 1): keep that away from zero on short
+            # runs (10 steps at 0.1 was exactly zero).
+            pct_start=min(0.75, max(0.1, 2.5 / total_steps)),
             last_epoch=last_step,
         )
 
