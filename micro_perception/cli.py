@@ -421,94 +421,27 @@ def cmd_make_bag(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_fusion(args: argparse.Namespace) -> int:
-    """Train the fusion network on focal stacks with all-in-focus ground truth."""
-    from micro_perception.fusion.network import FusionNetConfig
-    from micro_perception.training.fusion_train import FusionTrainConfig, train_fusion
-
-    cfg = FusionTrainConfig(
-        net=FusionNetConfig(kernel=args.kernel, kernel_mode=args.kernel_mode),
-        data=args.data,
-        val=args.val,
-        out=args.out,
-        epochs=args.epochs,
-        batch=args.batch,
-        lr=args.lr,
-        crop=args.size,
-        crops_per_stack=args.crops_per_stack,
-        workers=args.workers,
-        device=args.device,
-        seed=args.seed,
-        log_dir=args.log_dir,
-        resume=args.resume,
-        vgg_weights=args.vgg_weights,
-    )
-    if args.vgg_weights:
-        cfg.loss.perceptual = args.perceptual_weight
-    result = train_fusion(cfg)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    return 0
+def _training_kwargs(args: argparse.Namespace) -> dict:
+    """The config fields every ``train`` subcommand takes from its shared options."""
+    return {
+        "data": args.data,
+        "val": args.val,
+        "out": args.out,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "lr": args.lr,
+        "crop": args.size,
+        "workers": args.workers,
+        "device": args.device,
+        "seed": args.seed,
+        "log_dir": args.log_dir,
+        "resume": args.resume,
+    }
 
 
-def cmd_train_depth(args: argparse.Namespace) -> int:
-    """Train the depth network (ground truth, stereo-teacher distillation, or both)."""
-    from micro_perception.training.depth_train import DepthTrainConfig, train_depth
-
-    cfg = DepthTrainConfig(
-        data=args.data,
-        val=args.val,
-        out=args.out,
-        supervision=args.supervision,
-        input=args.input,
-        epochs=args.epochs,
-        batch=args.batch,
-        lr=args.lr,
-        crop=args.size,
-        crops_per_frame=args.crops_per_frame,
-        workers=args.workers,
-        device=args.device,
-        seed=args.seed,
-        log_dir=args.log_dir,
-        resume=args.resume,
-        imagenet_weights=args.imagenet_weights,
-    )
-    result = train_depth(cfg)
-    print(
-        json.dumps(
-            {k: v for k, v in result.items() if k != "history"}
-            | {
-                "train_loss_first_last": [
-                    result["history"][0]["train_loss"],
-                    result["history"][-1]["train_loss"],
-                ]
-            },
-            indent=2,
-        )
-    )
-    return 0
-
-
-def cmd_train_segment(args: argparse.Namespace) -> int:
-    """Train the instrument segmentation network on simulated masks."""
-    from micro_perception.training.segment_train import SegmentTrainConfig, train_segment
-
-    cfg = SegmentTrainConfig(
-        data=args.data,
-        val=args.val,
-        out=args.out,
-        input=args.input,
-        epochs=args.epochs,
-        batch=args.batch,
-        lr=args.lr,
-        crop=args.size,
-        crops_per_frame=args.crops_per_frame,
-        workers=args.workers,
-        device=args.device,
-        seed=args.seed,
-        log_dir=args.log_dir,
-        resume=args.resume,
-    )
-    result = train_segment(cfg)
+def _print_training(result: dict) -> None:
+    """A training run's summary: best score and where it went, and the first and last epoch's
+    training loss."""
     history = result["history"]
     first_last = [history[0]["train_loss"], history[-1]["train_loss"]] if history else None
     print(
@@ -518,6 +451,48 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+
+
+def cmd_train_fusion(args: argparse.Namespace) -> int:
+    """Train the fusion network on focal stacks with all-in-focus ground truth."""
+    from micro_perception.fusion.network import FusionNetConfig
+    from micro_perception.training.fusion_train import FusionTrainConfig, train_fusion
+
+    cfg = FusionTrainConfig(
+        net=FusionNetConfig(kernel=args.kernel, kernel_mode=args.kernel_mode),
+        crops_per_stack=args.crops_per_stack,
+        vgg_weights=args.vgg_weights,
+        **_training_kwargs(args),
+    )
+    if args.vgg_weights:
+        cfg.loss.perceptual = args.perceptual_weight
+    _print_training(train_fusion(cfg))
+    return 0
+
+
+def cmd_train_depth(args: argparse.Namespace) -> int:
+    """Train the depth network (ground truth, stereo-teacher distillation, or both)."""
+    from micro_perception.training.depth_train import DepthTrainConfig, train_depth
+
+    cfg = DepthTrainConfig(
+        supervision=args.supervision,
+        input=args.input,
+        crops_per_frame=args.crops_per_frame,
+        imagenet_weights=args.imagenet_weights,
+        **_training_kwargs(args),
+    )
+    _print_training(train_depth(cfg))
+    return 0
+
+
+def cmd_train_segment(args: argparse.Namespace) -> int:
+    """Train the instrument segmentation network on simulated masks."""
+    from micro_perception.training.segment_train import SegmentTrainConfig, train_segment
+
+    cfg = SegmentTrainConfig(
+        input=args.input, crops_per_frame=args.crops_per_frame, **_training_kwargs(args)
+    )
+    _print_training(train_segment(cfg))
     return 0
 
 
@@ -946,6 +921,30 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_training_args(
+    p: argparse.ArgumentParser,
+    data_help: str,
+    val_help: str,
+    batch: int,
+    lr: float,
+    size: int,
+    workers: int,
+) -> None:
+    """The options every ``train`` subcommand shares (read back by ``_training_kwargs``)."""
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--val", help=val_help)
+    p.add_argument("--out", required=True, help="weights file of the best network")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--size", type=int, default=size, help="training crop size, px")
+    p.add_argument("--workers", type=int, default=workers)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-dir", help="TensorBoard folder (default: beside --out)")
+    p.add_argument("--resume", help="checkpoint to continue from (OUT.ckpt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="micro-perception",
@@ -1003,19 +1002,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="net", required=True
     )
     p = train.add_parser("fusion", help=cmd_train_fusion.__doc__)
-    p.add_argument("--data", required=True, help="training focal stacks (dataset folder)")
-    p.add_argument("--val", help="validation focal stacks")
-    p.add_argument("--out", required=True, help="weights file of the best network")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--size", type=int, default=128, help="training crop size, px")
+    _add_training_args(
+        p, "training focal stacks (dataset folder)", "validation focal stacks", 8, 2e-3, 128, 2
+    )
     p.add_argument("--crops-per-stack", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-dir", help="TensorBoard folder (default: beside --out)")
-    p.add_argument("--resume", help="checkpoint to continue from (OUT.ckpt)")
     p.add_argument("--vgg-weights", help="local torchvision vgg16 state dict: perceptual loss")
     p.add_argument("--perceptual-weight", type=float, default=0.05)
     p.add_argument("--kernel", type=int, default=5, help="per-pixel kernel size (odd)")
@@ -1027,9 +1017,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train_fusion)
     p = train.add_parser("depth", help=cmd_train_depth.__doc__)
-    p.add_argument("--data", required=True, help="training frames (dataset folder)")
-    p.add_argument("--val", help="validation frames with ground-truth depth")
-    p.add_argument("--out", required=True, help="weights file of the best network")
+    _add_training_args(
+        p,
+        "training frames (dataset folder)",
+        "validation frames with ground-truth depth",
+        batch=4,
+        lr=1e-3,
+        size=256,
+        workers=0,
+    )
     p.add_argument("--supervision", default="gt", choices=["gt", "stereo", "mixed"])
     p.add_argument(
         "--input",
@@ -1037,38 +1033,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["aif", "fused"],
         help="left image: ground-truth all-in-focus, or the fusion network's output",
     )
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--size", type=int, default=256, help="training crop size, px")
     p.add_argument("--crops-per-frame", type=int, default=2)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-dir")
-    p.add_argument("--resume")
     p.add_argument("--imagenet-weights", help="local torchvision resnet18 state dict")
     p.set_defaults(func=cmd_train_depth)
     p = train.add_parser("segment", help=cmd_train_segment.__doc__)
-    p.add_argument("--data", required=True, help="training frames with instrument masks")
-    p.add_argument("--val", help="validation frames with instrument masks")
-    p.add_argument("--out", required=True, help="weights file of the best network")
+    _add_training_args(
+        p,
+        "training frames with instrument masks",
+        "validation frames with instrument masks",
+        batch=8,
+        lr=3e-3,
+        size=192,
+        workers=0,
+    )
     p.add_argument(
         "--input",
         default="fused",
         choices=["aif", "fused"],
         help="images: ground-truth all-in-focus, or the fusion network's output",
     )
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--size", type=int, default=192, help="training crop size, px")
     p.add_argument("--crops-per-frame", type=int, default=1)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-dir")
-    p.add_argument("--resume")
     p.set_defaults(func=cmd_train_segment)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
         dest="net", required=True

@@ -14,9 +14,27 @@ from micro_perception.errors import InputError
 from micro_perception.inference import pick_device
 
 
+@dataclass
 class TrainConfigBase:
-    """What every trainer's dataclass config shares: the checkpoint beside ``out`` and a
-    JSON-ready dict (the network config flattened by its own ``to_dict``)."""
+    """What every trainer's dataclass config shares: the data, the optimisation and the
+    bookkeeping fields (a trainer redeclares those whose default differs), the checkpoint beside
+    ``out`` and a JSON-ready dict (the network config flattened by its own ``to_dict``)."""
+
+    data: str = ""
+    val: str | None = None
+    out: str = "weights.pt"
+    epochs: int = 20
+    batch: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    crop: int = 128
+    workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+    grad_clip: float = 1.0
+    val_limit: int = 20  # validation items evaluated per epoch
+    log_dir: str | None = None
+    resume: str | None = None
 
     @property
     def checkpoint(self) -> str:

@@ -45,25 +45,13 @@ SUPERVISION = ("gt", "stereo", "mixed")
 
 @dataclass
 class DepthTrainConfig(TrainConfigBase):
-    data: str = ""
-    val: str | None = None
     out: str = "depth.pt"
     supervision: str = "gt"
     input: str = "aif"
-    epochs: int = 20
     batch: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
     crop: int = 256
     crops_per_frame: int = 2
-    workers: int = 0
-    device: str = "auto"
-    seed: int = 0
-    grad_clip: float = 1.0
-    val_limit: int = 20
     teacher_weight: float = 1.0
-    log_dir: str | None = None
-    resume: str | None = None
     imagenet_weights: str | None = None
     loss: DepthLossWeights = field(default_factory=DepthLossWeights)
     net: DepthNetConfig = field(default_factory=DepthNetConfig)

@@ -33,23 +33,12 @@ from micro_perception.training.losses import FusionLoss, FusionLossWeights
 
 @dataclass
 class FusionTrainConfig(TrainConfigBase):
-    data: str = ""
-    val: str | None = None
     out: str = "fusion.pt"
-    epochs: int = 20
-    batch: int = 8
     lr: float = 2e-3
-    weight_decay: float = 1e-4
-    crop: int = 128
     crops_per_stack: int = 4  # random crops drawn from each stack per epoch
     min_slices: int = 2
     workers: int = 2
-    device: str = "auto"
-    seed: int = 0
-    grad_clip: float = 1.0
     val_limit: int = 40  # validation stacks evaluated per epoch
-    log_dir: str | None = None
-    resume: str | None = None
     vgg_weights: str | None = None
     loss: FusionLossWeights = field(default_factory=FusionLossWeights)
     net: FusionNetConfig = field(default_factory=FusionNetConfig)

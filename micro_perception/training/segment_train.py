@@ -28,23 +28,12 @@ from micro_perception.training.depth_train import input_image
 
 @dataclass
 class SegmentTrainConfig(TrainConfigBase):
-    data: str = ""
-    val: str | None = None
     out: str = "segmentation.pt"
     input: str = "fused"
-    epochs: int = 20
-    batch: int = 8
     lr: float = 3e-3
-    weight_decay: float = 1e-4
     crop: int = 192
     crops_per_frame: int = 1
-    workers: int = 0
-    device: str = "auto"
-    seed: int = 0
-    grad_clip: float = 1.0
     val_limit: int = 40  # images (both eyes count)
-    log_dir: str | None = None
-    resume: str | None = None
     net: SegNetConfig = field(default_factory=SegNetConfig)
 
     def __post_init__(self):
