@@ -102,7 +102,36 @@ def mask_scores(pred: np.ndarray, true: np.ndarray) -> dict:
         precision = (ep & near_t).sum() / ep.sum()
         recall = (et & near_p).sum() / et.sum()
         out["edge_1px"] = float(2 * precision * recall / max(precision + recall, 1e-9))
-    out["false_px"] = int((pred & ~true).sum()) if not true.any() else 0
+    # Pixels claimed on a frame without an instrument (None where there is one).
+    out["false_px"] = None if true.any() else int(pred.sum())
+    return out
+
+
+@torch.no_grad()
+def predict_masks(net, items: list[dict], device="cpu", progress: bool = False):
+    """Each item's scores (mask_scores) and the network's milliseconds per image."""
+    import time
+
+    from tqdm import tqdm
+
+    rows, ms = [], []
+    for item in tqdm(items, desc="eval segment", unit="image", disable=not progress):
+        x = torch.from_numpy(item["image"]).permute(2, 0, 1).float().div(255)[None].to(device)
+        t0 = time.perf_counter()
+        pred = (net(x)[0, 0] > 0).cpu().numpy()
+        ms.append((time.perf_counter() - t0) * 1e3)
+        rows.append(mask_scores(pred, item["mask"] > 0))
+    return rows, ms
+
+
+def summarise_masks(rows: list[dict], missing=None) -> dict:
+    """Mean IoU and edge accuracy over the images that have them, and the mean false pixels
+    over the images without an instrument; ``missing`` where no image has a figure."""
+    out = {}
+    for key in ("iou", "edge_1px", "false_px"):
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = float(np.mean(values)) if values else missing
+    out["false_px_empty"] = out.pop("false_px")
     return out
 
 
@@ -117,17 +146,7 @@ def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
             return loss, {"mask": float(loss.detach())}
 
         def validate(net) -> dict:
-            rows = []
-            for v in val:
-                x = torch.from_numpy(v["image"]).permute(2, 0, 1).float().div(255)[None]
-                pred = (net(x.to(device))[0, 0] > 0).cpu().numpy()
-                rows.append(mask_scores(pred, v["mask"] > 0))
-            out = {}
-            for key in ("iou", "edge_1px"):
-                values = [r[key] for r in rows if r[key] is not None]
-                out[key] = float(np.mean(values)) if values else 0.0
-            out["false_px_empty"] = float(np.mean([r["false_px"] for r in rows]))
-            return out
+            return summarise_masks(predict_masks(net, val, device)[0], missing=0.0)
 
         return TrainJob(
             kind="segmentation",
@@ -142,33 +161,17 @@ def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
     return run_training(cfg, build, progress)
 
 
-@torch.no_grad()
 def evaluate_segment(
     data: str, weights, input_kind: str = "fused", limit: int | None = None, progress=True
 ) -> dict:
     """IoU, edge accuracy within 1 px, false pixels on frames without an instrument, and ms per
     image, over both eyes of a simulated set."""
-    import time
-
-    from tqdm import tqdm
-
     from micro_perception.depth.segmentation import load_seg_net
 
     net = load_seg_net(weights)
     items = load_masked_images(data, input_kind, limit)
-    rows, ms = [], []
-    for item in tqdm(items, desc="eval segment", unit="image", disable=not progress):
-        x = torch.from_numpy(item["image"]).permute(2, 0, 1).float().div(255)[None]
-        t0 = time.perf_counter()
-        pred = (net(x)[0, 0] > 0).numpy()
-        ms.append((time.perf_counter() - t0) * 1e3)
-        rows.append(mask_scores(pred, item["mask"] > 0))
-    out = {}
-    for key in ("iou", "edge_1px"):
-        values = [r[key] for r in rows if r[key] is not None]
-        out[key] = float(np.mean(values)) if values else None
-    empty = [r["false_px"] for r in rows if r["iou"] is None or r["false_px"]]
-    out["false_px_empty_mean"] = float(np.mean(empty)) if empty else 0.0
+    rows, ms = predict_masks(net, items, progress=progress)
+    out = summarise_masks(rows)
     out["ms"] = float(np.median(ms)) if ms else None
     out["_meta"] = {
         "images": len(items),
