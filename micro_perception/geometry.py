@@ -451,7 +451,7 @@ def _robust_line_1d(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return a, b
 
 
-def _line_from_axis_depth(pair, inst: Instrument2D, along, z_axis_at, slope):
+def _line_from_axis_depth(pair, inst: Instrument2D, z_axis_at, slope):
     """The 3D axis through the image axis line with depth z(along) = z_axis_at + slope*along."""
     s = np.array([0.0, 100.0])
     uv = inst.tip_px + s[:, None] * inst.direction
@@ -616,7 +616,6 @@ def measure(
     out.tip_px = inst.tip_px
     out.instrument_mask = inst.mask
     line = None
-    top = _shaft_top_depth(depth, inst, px_per_m, cfg)
     right = find_instrument(right_mask > 0, px_per_m, cfg) if right_mask is not None else None
     if right is not None:
         line = shaft_from_silhouettes(pair, inst, right, px_per_m, cfg)
@@ -634,11 +633,12 @@ def measure(
                 line = c3, _direction_through_port(pair, out.retina, c3, inst, cfg)
                 out.method = "tip"
     if line is None:
+        top = _shaft_top_depth(depth, inst, px_per_m, cfg)
         if top is None:
             out.reason = "no depth on the instrument"
             return out
         a, b = _axis_depth_line(top, px_per_m)
-        line = _line_from_axis_depth(pair, inst, None, a, b)
+        line = _line_from_axis_depth(pair, inst, a, b)
         out.method = "depth"
         out.notes.append("axis depth from the depth map: biased by highlights on the shaft")
     point, d3 = line

@@ -25,6 +25,7 @@ import torch
 from micro_perception.depth.pipeline import DepthPipeline
 from micro_perception.errors import InputError
 from micro_perception.fusion.fuser import Fuser
+from micro_perception.geometry import METHODS
 from micro_perception.sim.dataset import dataset_stereo_pair, find_stacks
 from micro_perception.training.depth_eval import eval_frame
 
@@ -127,9 +128,7 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
             "alert_distance_m": alert_distance,
             "data": data,
             "threads": torch.get_num_threads(),
-            "methods": {
-                m: sum(r["method"] == m for r in measured) for m in ("silhouette", "tip", "depth")
-            },
+            "methods": {m: sum(r["method"] == m for r in measured) for m in METHODS},
         },
         "_frames": rows,
     }
