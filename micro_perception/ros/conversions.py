@@ -55,6 +55,10 @@ ENCODINGS: dict[str, _Encoding] = {
 }
 
 
+# 3-channel colour encodings the networks take as RGB; value: channels stored reversed.
+COLOUR_ORDER = {"rgb8": False, "bgr8": True}
+
+
 def _encoding(name: str) -> _Encoding:
     try:
         return ENCODINGS[name]

@@ -34,6 +34,7 @@ from micro_perception.errors import InputError
 from micro_perception.geometry import DISTANCE_MODES, back_project
 from micro_perception.inference import DEVICES
 from micro_perception.ros.conversions import (
+    COLOUR_ORDER,
     camera_infos_to_stereo,
     image_to_numpy,
     numpy_to_image,
@@ -47,8 +48,6 @@ from micro_perception.ros.runner import spin_node
 from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
 from micro_perception.sim.sequence import LEFT_FRAME
 from micro_perception.tracking import DistanceFilter, FilterConfig, ProximityAlert
-
-COLOUR = {"rgb8": False, "bgr8": True}  # value: channels reversed
 
 PARAMS = [
     ParamSpec(
@@ -188,10 +187,10 @@ class DepthNode(Node):
     # --- input -----------------------------------------------------------------------------
 
     def _decode(self, msg: Image, name: str) -> np.ndarray:
-        if msg.encoding not in COLOUR:
+        if msg.encoding not in COLOUR_ORDER:
             raise InputError(f"{name}: encoding {msg.encoding!r} is not rgb8 or bgr8")
         arr = image_to_numpy(msg)
-        return np.ascontiguousarray(arr[..., ::-1] if COLOUR[msg.encoding] else arr)
+        return np.ascontiguousarray(arr[..., ::-1] if COLOUR_ORDER[msg.encoding] else arr)
 
     def _on_pair(self, left: Image, right: Image, left_info: CameraInfo, right_info: CameraInfo):
         self.health.input()

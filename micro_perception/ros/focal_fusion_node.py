@@ -21,14 +21,18 @@ from micro_perception.errors import InputError
 from micro_perception.fusion.buffer import FocalBuffer, FocusMatcher, Slice
 from micro_perception.fusion.fuser import METHODS, Fuser
 from micro_perception.inference import DEVICES
-from micro_perception.ros.conversions import image_to_numpy, numpy_to_image, output_header
+from micro_perception.ros.conversions import (
+    COLOUR_ORDER,
+    image_to_numpy,
+    numpy_to_image,
+    output_header,
+)
 from micro_perception.ros.diagnostics import Health
 from micro_perception.ros.params import Parameters, ParamSpec, qos_params
 from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
 
 EYES = ("left", "right")
-COLOUR = {"rgb8": False, "bgr8": True}  # encodings fused in colour; value: channels reversed
 MONO = ("mono8", "8UC1", "mono16", "16UC1")
 
 PARAMS = [
@@ -116,7 +120,7 @@ class FocalFusionNode(Node):
     def _on_image(self, eye: str, msg: Image) -> None:
         self.health.input()
         self.health.count(f"{eye}_slices")
-        if msg.encoding not in COLOUR and msg.encoding not in MONO:
+        if msg.encoding not in COLOUR_ORDER and msg.encoding not in MONO:
             self.health.problem(
                 "bad_input",
                 f"{eye}/image_raw: encoding {msg.encoding!r} "
@@ -128,7 +132,7 @@ class FocalFusionNode(Node):
         except InputError as exc:
             self.health.problem("bad_input", f"{eye}/image_raw: {exc}: slice dropped")
             return
-        if COLOUR.get(msg.encoding):
+        if COLOUR_ORDER.get(msg.encoding):
             arr = arr[..., ::-1]
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         sl = Slice(stamp, np.array(arr), encoding=msg.encoding, meta=msg.header)
@@ -151,7 +155,7 @@ class FocalFusionNode(Node):
         t0 = time.perf_counter()
         fused = self.fuser(stack.images)
         self.health.values["fuse_ms"] = f"{(time.perf_counter() - t0) * 1e3:.1f}"
-        if COLOUR.get(last.encoding):
+        if COLOUR_ORDER.get(last.encoding):
             fused = fused[..., ::-1]
         header = output_header(last.meta, last.meta.frame_id)
         self.pub_image[eye].publish(numpy_to_image(fused, last.encoding, header))
