@@ -703,12 +703,11 @@ def _read_calibrated(args: argparse.Namespace, need_right: bool):
 
     left = _read_rgb_file(args.left)
     cams = [load_camera_yaml(p) for p in args.camera_info]
-    for image, path, cam, yaml in zip([left], [args.left], cams, args.camera_info, strict=False):
-        if (cam.width, cam.height) != (image.shape[1], image.shape[0]):
-            raise InputError(
-                f"{path} is {image.shape[1]}x{image.shape[0]}, but {yaml} says "
-                f"{cam.width}x{cam.height}"
-            )
+    if (cams[0].width, cams[0].height) != (left.shape[1], left.shape[0]):
+        raise InputError(
+            f"{args.left} is {left.shape[1]}x{left.shape[0]}, but {args.camera_info[0]} says "
+            f"{cams[0].width}x{cams[0].height}"
+        )
     if not need_right:
         return left, None, None
     if args.right is None or len(cams) != 2:

@@ -19,7 +19,7 @@ from micro_perception.errors import InputError
 from micro_perception.ros.conversions import image_to_numpy
 from micro_perception.ros.params import Parameters, ParamSpec, qos_params
 from micro_perception.ros.qos import image_qos
-from micro_perception.ros.runner import spin_node
+from micro_perception.ros.runner import log_report, spin_node
 
 PARAMS = [
     *qos_params("reliable", 20, "subscription"),
@@ -97,11 +97,7 @@ class FusionCheckNode(Node):
 
 
 def main(args=None) -> None:
-    spin_node(
-        FusionCheckNode,
-        args,
-        on_exit=lambda node: node.get_logger().info(f"report: {node.report()}"),
-    )
+    spin_node(FusionCheckNode, args, on_exit=log_report)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 
+def log_report(node: Node) -> None:
+    """An ``on_exit`` for nodes with a ``report()``: their final figures in the log."""
+    node.get_logger().info(f"report: {node.report()}")
+
+
 def spin_node(
     make_node: Callable[[], Node], args=None, on_exit: Callable[[Node], None] | None = None
 ) -> None:

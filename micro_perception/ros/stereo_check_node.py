@@ -19,7 +19,7 @@ from micro_perception.pattern import pattern_index, stereo_pattern
 from micro_perception.ros.conversions import camera_infos_to_stereo, image_to_numpy
 from micro_perception.ros.params import Parameters, ParamSpec, qos_params
 from micro_perception.ros.qos import image_qos
-from micro_perception.ros.runner import spin_node
+from micro_perception.ros.runner import log_report, spin_node
 from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
 
 PARAMS = [
@@ -118,11 +118,7 @@ class StereoCheckNode(Node):
 
 
 def main(args=None) -> None:
-    spin_node(
-        StereoCheckNode,
-        args,
-        on_exit=lambda node: node.get_logger().info(f"report: {node.report()}"),
-    )
+    spin_node(StereoCheckNode, args, on_exit=log_report)
 
 
 if __name__ == "__main__":
