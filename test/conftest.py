@@ -77,6 +77,32 @@ def run_cli():
     return _run_cli
 
 
+@pytest.fixture(scope="session")
+def simulate():
+    """``simulate(out, *extra, samples=3, seed=5, size=(48, 64), slices=3, check=True)``:
+    ``micro-perception simulate --json`` of a small dataset; returns the finished process."""
+
+    def run(out, *extra, samples=3, seed=5, size=(48, 64), slices=3, check=True):
+        return _run_cli(
+            "simulate",
+            "--out",
+            out,
+            "--samples",
+            samples,
+            "--seed",
+            seed,
+            "--size",
+            *size,
+            "--slices",
+            slices,
+            "--json",
+            *extra,
+            check=check,
+        )
+
+    return run
+
+
 @pytest.fixture
 def cli_json():
     """Run ``micro-perception <args> --json`` in its own process; return the parsed report."""

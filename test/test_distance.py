@@ -101,23 +101,9 @@ def test_measure_command_prints_the_documented_keys(files, cli_json, run_cli):
     assert bad.returncode != 0
 
 
-def test_eval_distance_json_on_a_small_set(tmp_path, run_cli, cli_json):
+def test_eval_distance_json_on_a_small_set(tmp_path, simulate, cli_json):
     data = tmp_path / "sim"
-    run_cli(
-        "simulate",
-        "--out",
-        data,
-        "--samples",
-        "3",
-        "--seed",
-        "4",
-        "--size",
-        "256",
-        "256",
-        "--slices",
-        "2",
-        "--json",
-    )
+    simulate(data, seed=4, size=(256, 256), slices=2)
     frames = tmp_path / "frames.json"
     result = cli_json(
         "eval",

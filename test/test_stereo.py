@@ -85,23 +85,9 @@ def test_depth_metrics_on_known_errors():
     assert m["coverage"] == pytest.approx(1 - 1 / 1600)
 
 
-def test_eval_depth_json_on_a_small_set(tmp_path, run_cli, cli_json):
+def test_eval_depth_json_on_a_small_set(tmp_path, simulate, cli_json):
     data = tmp_path / "d"
-    run_cli(
-        "simulate",
-        "--out",
-        data,
-        "--samples",
-        "2",
-        "--seed",
-        "1",
-        "--size",
-        "96",
-        "96",
-        "--slices",
-        "3",
-        "--json",
-    )
+    simulate(data, samples=2, seed=1, size=(96, 96))
     result = cli_json("eval", "depth", "--data", str(data), "--input", "aif")
     for method in ("stereo", "dff"):
         assert {"rmse_retina_um", "rmse_instrument_um", "rmse_boundary_um", "ms"} <= set(
@@ -127,7 +113,7 @@ def test_ros_calibration_yaml_round_trip_and_errors(tmp_path):
         load_camera_yaml(tmp_path / "missing.yaml")
 
 
-def test_depth_command_on_image_files(tmp_path, retina_pair, run_cli, cli_json):
+def test_depth_command_on_image_files(tmp_path, retina_pair, run_cli, simulate, cli_json):
     import cv2
 
     from micro_perception.camera import camera_yaml
@@ -193,21 +179,7 @@ def test_depth_command_on_image_files(tmp_path, retina_pair, run_cli, cli_json):
     )
     assert cv2.imread(str(tmp_path / "n.tiff"), cv2.IMREAD_UNCHANGED).dtype == np.float32
     data = tmp_path / "sim"
-    run_cli(
-        "simulate",
-        "--out",
-        data,
-        "--samples",
-        "1",
-        "--seed",
-        "4",
-        "--size",
-        "64",
-        "64",
-        "--slices",
-        "2",
-        "--json",
-    )
+    simulate(data, samples=1, seed=4, size=(64, 64), slices=2)
     result = cli_json(
         "eval",
         "depth",

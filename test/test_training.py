@@ -15,23 +15,9 @@ from micro_perception.training.common import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, run_cli):
+def tiny(tmp_path_factory, simulate):
     root = tmp_path_factory.mktemp("train")
-    run_cli(
-        "simulate",
-        "--out",
-        root / "data",
-        "--samples",
-        "2",
-        "--seed",
-        "3",
-        "--size",
-        "48",
-        "48",
-        "--slices",
-        "3",
-        "--json",
-    )
+    simulate(root / "data", samples=2, seed=3, size=(48, 48))
     return root
 
 
@@ -106,23 +92,9 @@ def test_torchrun_two_processes(tiny):
 
 
 @pytest.fixture(scope="module")
-def depth_data(tmp_path_factory, run_cli):
+def depth_data(tmp_path_factory, simulate):
     root = tmp_path_factory.mktemp("depth")
-    run_cli(
-        "simulate",
-        "--out",
-        root / "data",
-        "--samples",
-        "3",
-        "--seed",
-        "2",
-        "--size",
-        "96",
-        "96",
-        "--slices",
-        "2",
-        "--json",
-    )
+    simulate(root / "data", seed=2, size=(96, 96), slices=2)
     return root
 
 
