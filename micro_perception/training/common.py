@@ -266,7 +266,8 @@ def run_training(cfg, build, progress: bool = True) -> dict:
 class RandomCrops(torch.utils.data.Dataset):
     """Each item ``repeat`` times per epoch at a random square crop. A draw depends only on
     (seed, epoch, index), so runs repeat and DDP ranks need not share state. Subclasses give the
-    item's image size and build the sample from :meth:`draw`."""
+    item's image size (by default that of its ``"image"``) and build the sample from
+    :meth:`draw`."""
 
     def __init__(self, items: list, crop: int, repeat: int, seed: int):
         self.items, self.crop, self.repeat, self.seed = items, crop, repeat, seed
@@ -276,7 +277,7 @@ class RandomCrops(torch.utils.data.Dataset):
             raise InputError(f"crop {crop} is larger than the images ({h}x{w})")
 
     def size_of(self, item) -> tuple[int, int]:
-        raise NotImplementedError
+        return item["image"].shape[:2]
 
     def __len__(self) -> int:
         return len(self.items) * self.repeat

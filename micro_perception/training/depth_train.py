@@ -111,9 +111,6 @@ def load_frames(root: str, cfg: DepthTrainConfig, supervision: str) -> list[dict
 class DepthCrops(RandomCrops):
     """Random crops of in-memory frames, flipped alike, with photometric jitter on the image."""
 
-    def size_of(self, item) -> tuple[int, int]:
-        return item["image"].shape[:2]
-
     def __getitem__(self, i: int):
         rng, f, rows, cols = self.draw(i)
         flip_x, flip_y = rng.uniform() < 0.5, rng.uniform() < 0.5

@@ -60,8 +60,8 @@ def load_masked_images(root: str, input_kind: str, limit: int | None = None) -> 
 
 
 class SegmentCrops(RandomCrops):
-    def size_of(self, item) -> tuple[int, int]:
-        return item["image"].shape[:2]
+    """Random crops of in-memory images and their masks, turned and flipped alike, with
+    photometric jitter, blur and noise on the image."""
 
     def __getitem__(self, i: int):
         rng, item, rows, cols = self.draw(i)
