@@ -521,11 +521,8 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
         "period": 3600.0,
         "frame_noise": args.frame_noise,
     }
-    arrivals = []
 
     def done(got):
-        while len(arrivals) < len(got["range"]):
-            arrivals.append(time.time())
         return len(got["range"]) >= args.frames + args.warmup
 
     context = rclpy.Context()
@@ -551,7 +548,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
     truth = [m.range for m in got["truth"]]
     lat = [
         (arr - (m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)) * 1e3
-        for m, arr in zip(got["range"], arrivals, strict=False)
+        for m, arr in zip(got["range"], got["arrival"]["range"], strict=True)
     ][args.warmup :]
     values = {kv.key: kv.value for kv in health.values}
     out = {

@@ -49,7 +49,9 @@ def run_chain(
     images: bool = True,
 ) -> tuple[dict, object]:
     """Run until ``done(got)`` or ``timeout`` seconds; returns (messages by output, the depth
-    node's last DiagnosticStatus). ``images=False`` leaves out the image-sized outputs."""
+    node's last DiagnosticStatus). ``got["arrival"][key]`` holds each message's wall-clock
+    arrival time (s), taken in the subscription callback. ``images=False`` leaves out the
+    image-sized outputs."""
     from micro_perception.ros.depth_node import DepthNode
     from micro_perception.ros.focal_fusion_node import FocalFusionNode
     from micro_perception.ros.sim_microscope_node import SimMicroscopeNode
@@ -66,7 +68,7 @@ def run_chain(
     ]
     listener = Node("chain_listener", context=context, namespace=namespace)
     nodes.append(listener)
-    got: dict[str, list] = {}
+    got: dict = {"arrival": {}}
     topics = {
         "range": (Range, "instrument/retina_distance", 50),
         "truth": (Range, "ground_truth/retina_distance", 200),
@@ -83,8 +85,13 @@ def run_chain(
             "markers": (MarkerArray, "instrument/markers", 50),
         }
     for key, (msg_type, topic, q) in topics.items():
-        got[key] = []
-        listener.create_subscription(msg_type, topic, got[key].append, q)
+        got[key], got["arrival"][key] = [], []
+
+        def on_msg(msg, key=key):
+            got["arrival"][key].append(time.time())
+            got[key].append(msg)
+
+        listener.create_subscription(msg_type, topic, on_msg, q)
     executors = []
     threads = []
     for node in nodes:
