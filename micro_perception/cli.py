@@ -288,6 +288,94 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_PARTS = ("stages", "peers", "networks")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Latency, stage by stage and network by network, with peers measured in the same run."""
+    import torch
+
+    from micro_perception import bench
+    from micro_perception.errors import InputError
+    from micro_perception.inference import library_versions, pick_device
+
+    parts = set(filter(None, args.parts.split(",")))
+    unknown = parts - set(BENCH_PARTS)
+    if unknown:
+        raise InputError(f"unknown bench parts {sorted(unknown)}; known: {list(BENCH_PARTS)}")
+    device = pick_device(args.device)
+    runtimes = args.runtimes or (
+        "torch:fp32,torch:fp16,compile:fp16,tensorrt:fp16"
+        if device.type == "cuda"
+        else "torch:fp32"
+    )
+    configs = bench.parse_runtimes(runtimes, str(device))
+    sizes = [tuple(s) for s in (args.size or [(512, 512), (1080, 1920)])]
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    out: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "versions": library_versions(),
+        "sizes": [list(s) for s in sizes],
+    }
+    if "stages" in parts or "peers" in parts:
+        out["stages"], out["peers"] = {}, {"sgbm": {}}
+        for size in sizes:
+            key = f"{size[0]}x{size[1]}"
+            say(f"rendering a {key} stereo stack of {args.slices} slices ...")
+            stacks, pair = bench.bench_frame(size, args.slices)
+            if "stages" in parts:
+                out["stages"][key] = bench.bench_stages(
+                    stacks,
+                    pair,
+                    configs[0],
+                    args.seconds,
+                    args.depth_weights,
+                )
+            if "peers" in parts:
+                left = stacks[0][len(stacks[0]) // 2]
+                right = stacks[1][len(stacks[1]) // 2]
+                out["peers"]["sgbm"][key] = bench.sgbm_peer(left, right, args.seconds)
+            say(f"{key}: done")
+    if "networks" in parts:
+        out["networks"] = bench.bench_networks(
+            args.networks.split(","),
+            sizes,
+            configs,
+            args.seconds,
+            args.slices,
+            args.depth_weights,
+        )
+    out["rss_mb"] = {"bench": bench.peak_rss_mb()}
+    if device.type == "cuda":
+        out["gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    for size, stages in out.get("stages", {}).items():
+        print(f"\nstages at {size} ({out['device']}), ms:")
+        print(f"  {'stage':<16}{'p50':>9}{'p95':>9}{'max':>9}")
+        for name, t in stages.items():
+            if not name.startswith("_"):
+                print(f"  {name:<16}{t['p50']:9.2f}{t['p95']:9.2f}{t['max']:9.2f}")
+    for size, t in out.get("peers", {}).get("sgbm", {}).items():
+        print(f"peer OpenCV StereoSGBM at {size}: p50 {t['p50']:.2f} ms, p95 {t['p95']:.2f} ms")
+    if "networks" in out:
+        print(f"\nnetworks ({out['device']}), ms:")
+        print(f"  {'network':<13}{'size':<11}{'runtime':<28}{'p50':>9}{'p95':>9}{'max':>9}")
+        for r in out["networks"]:
+            size = f"{r['size'][0]}x{r['size'][1]}"
+            if "error" in r:
+                print(f"  {r['network']:<13}{size:<11}{r['runtime']:<28}  {r['error'][:60]}")
+                continue
+            print(
+                f"  {r['network']:<13}{size:<11}{r['runtime']:<28}"
+                f"{r['p50']:9.2f}{r['p95']:9.2f}{r['max']:9.2f}"
+            )
+    print(f"\npeak RSS {out['rss_mb']['bench']:.0f} MB")
+    return 0
+
+
 def cmd_bench_sim(args: argparse.Namespace) -> int:
     """Time the virtual microscope on one core: scene, ray casting, sweeps + sensor."""
     import time
@@ -436,6 +524,8 @@ def _training_kwargs(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "log_dir": args.log_dir,
         "resume": args.resume,
+        "amp": args.amp,
+        "time_budget_s": args.time_budget,
     }
 
 
@@ -939,6 +1029,13 @@ def _add_training_args(
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-dir", help="TensorBoard folder (default: beside --out)")
     p.add_argument("--resume", help="checkpoint to continue from (OUT.ckpt)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0.0,
+        help="seconds: after the first epoch, fit --epochs and the schedule to this time",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -971,6 +1068,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", help="also write a PNG montage of the first sample here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("bench", help=cmd_bench.__doc__)
+    p.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        action="append",
+        metavar=("H", "W"),
+        help="input size (repeatable; default 512x512 and 1080x1920)",
+    )
+    p.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    p.add_argument("--parts", default="stages,peers,networks", help=f"of {list(BENCH_PARTS)}")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--runtimes",
+        help="backend:precision list (torch, compile, tensorrt; fp32, fp16); the first one runs "
+        "the stages (default: torch:fp32 on the CPU; on CUDA also fp16, compile and tensorrt)",
+    )
+    p.add_argument("--networks", default="fusion,depth,segmentation")
+    p.add_argument("--slices", type=int, default=8, help="focal slices per stack")
+    p.add_argument("--depth-weights", help="depth network weights (default: shipped, or random)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("bench-sim", help=cmd_bench_sim.__doc__)
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)

@@ -38,7 +38,7 @@ from micro_perception.geometry import (
     measure,
     retina_points,
 )
-from micro_perception.inference import pick_device
+from micro_perception.inference import Runtime, RuntimeConfig, pick_device
 
 ESTIMATORS = ("combined", "stereo", "net")
 
@@ -112,22 +112,26 @@ class DepthPipeline:
         depth_weights: str | Path | None = None,
         seg_weights: str | Path | None = "default",
         device: str = "auto",
+        runtime: RuntimeConfig | None = None,
+        warn=None,
     ):
+        """``runtime`` (backend, precision, device, ...) overrides ``device`` when given."""
         from micro_perception.resources import shipped_model
 
         self.cfg = cfg or PipelineConfig()
-        self.device = pick_device(device)
+        runtime = runtime or RuntimeConfig(device=device)
+        self.device = pick_device(runtime.device)
         self.net = self.seg = None
         if depth_weights is not None:
             from micro_perception.depth.network import load_depth_net
 
-            self.net = load_depth_net(depth_weights, self.device)
+            self.net = Runtime(load_depth_net(depth_weights), "depth", runtime, warn)
         if seg_weights == "default":
             seg_weights = shipped_model("segmentation.pt")
         if seg_weights is not None:
             from micro_perception.depth.segmentation import load_seg_net
 
-            self.seg = load_seg_net(seg_weights, self.device)
+            self.seg = Runtime(load_seg_net(seg_weights), "segmentation", runtime, warn)
         if self.cfg.estimator == "net" and self.net is None:
             raise InputError("estimator net needs depth network weights (a weights file)")
 
@@ -136,6 +140,14 @@ class DepthPipeline:
         if self.seg is not None:
             return "segmentation"
         return "depth-net" if self.net is not None else "height"
+
+    def runtimes(self) -> dict:
+        """How each network runs (backend, device, precision), for diagnostics."""
+        return {
+            name: rt.describe()
+            for name, rt in (("depth", self.net), ("segmentation", self.seg))
+            if rt is not None
+        }
 
     @torch.inference_mode()
     def segment(self, images: list[np.ndarray]) -> np.ndarray:

@@ -14,7 +14,7 @@ from micro_perception.errors import InputError
 from micro_perception.fusion.classical import METHODS as CLASSICAL
 from micro_perception.fusion.focus import depth_from_focus, sum_modified_laplacian
 from micro_perception.fusion.network import load_fusion_net
-from micro_perception.inference import pick_device
+from micro_perception.inference import Runtime, RuntimeConfig, pick_device
 
 METHODS = ("net", *CLASSICAL)
 DFF_WINDOW = 9
@@ -30,12 +30,20 @@ class Fuser:
     """``fuser(images)``: (K, H, W, 3|1) or (K, H, W) uint8/uint16 -> fused image, same dtype."""
 
     def __init__(
-        self, method: str = "net", device: str = "auto", weights: str | Path | None = None
+        self,
+        method: str = "net",
+        device: str = "auto",
+        weights: str | Path | None = None,
+        runtime: RuntimeConfig | None = None,
+        warn=None,
     ):
+        """``runtime`` (backend, precision, device, ...) overrides ``device`` when given."""
         if method not in METHODS:
             raise InputError(f"fusion method must be one of {list(METHODS)}, got {method!r}")
         self.method = method
-        self.device = pick_device(device)
+        runtime = runtime or RuntimeConfig(device=device)
+        self.device = pick_device(runtime.device)
+        self.runtime = None
         if method == "net":
             weights = weights or default_fusion_weights()
             if weights is None:
@@ -44,7 +52,8 @@ class Fuser:
                     "weights file or choose method sml, laplacian or guided"
                 )
             self.weights = Path(weights)
-            self._fn = load_fusion_net(self.weights, self.device)
+            self.runtime = Runtime(load_fusion_net(self.weights), "fusion", runtime, warn)
+            self._fn = self.runtime
         else:
             self.weights = None
             self._fn = CLASSICAL[method]

@@ -32,7 +32,6 @@ from visualization_msgs.msg import Marker, MarkerArray
 from micro_perception.depth.pipeline import ESTIMATORS, DepthPipeline, PipelineConfig
 from micro_perception.errors import InputError
 from micro_perception.geometry import DISTANCE_MODES, back_project
-from micro_perception.inference import DEVICES
 from micro_perception.ros.conversions import (
     COLOUR_ORDER,
     camera_infos_to_stereo,
@@ -42,7 +41,13 @@ from micro_perception.ros.conversions import (
     points_to_pointcloud2,
 )
 from micro_perception.ros.diagnostics import Health
-from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.params import (
+    Parameters,
+    ParamSpec,
+    qos_params,
+    runtime_config,
+    runtime_params,
+)
 from micro_perception.ros.qos import alert_qos, image_qos
 from micro_perception.ros.runner import spin_node
 from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
@@ -69,7 +74,7 @@ PARAMS = [
         "segmentation weights ('' = the installed models/segmentation.pt)",
         read_only=True,
     ),
-    ParamSpec("device", "auto", "where networks run", choices=DEVICES, read_only=True),
+    *runtime_params("the networks"),
     *qos_params("best_effort", 5, "image subscription"),
     ParamSpec(
         "sync_slop",
@@ -121,7 +126,8 @@ class DepthNode(Node):
             PipelineConfig(estimator=p["estimator"], mask_threshold=p["mask_threshold"]),
             depth_weights=p["depth_weights"] or None,
             seg_weights=p["seg_weights"] or "default",
-            device=p["device"],
+            runtime=runtime_config(p),
+            warn=self.get_logger().warning,
         )
         self.health = Health(self, "depth")
         self.health.values.update(
@@ -131,6 +137,8 @@ class DepthNode(Node):
                 "masks": self.pipeline.mask_source,
             }
         )
+        for net, described in self.pipeline.runtimes().items():
+            self.health.values.update({f"{net}_{k}": str(v) for k, v in described.items()})
         if self.pipeline.mask_source == "height":
             self.get_logger().warning(
                 "no segmentation or depth network weights: instrument masks come from height "
@@ -162,7 +170,7 @@ class DepthNode(Node):
         self.get_logger().info(
             f"depth: {p['estimator']} on {self.pipeline.device}, masks from "
             f"{self.pipeline.mask_source}; alert below {p['alert_distance'] * 1e3:.2f} mm "
-            f"({p['distance_mode']})"
+            f"({p['distance_mode']}); runtime {self.pipeline.runtimes()}"
         )
 
     def _filter_config(self) -> FilterConfig:

@@ -20,7 +20,6 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from micro_perception.errors import InputError
 from micro_perception.fusion.buffer import FocalBuffer, FocusMatcher, Slice
 from micro_perception.fusion.fuser import METHODS, Fuser
-from micro_perception.inference import DEVICES
 from micro_perception.ros.conversions import (
     COLOUR_ORDER,
     image_to_numpy,
@@ -28,7 +27,13 @@ from micro_perception.ros.conversions import (
     output_header,
 )
 from micro_perception.ros.diagnostics import Health
-from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.params import (
+    Parameters,
+    ParamSpec,
+    qos_params,
+    runtime_config,
+    runtime_params,
+)
 from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
 
@@ -44,7 +49,7 @@ PARAMS = [
     ParamSpec(
         "weights", "", "fusion weights file ('' = the installed models/fusion.pt)", read_only=True
     ),
-    ParamSpec("device", "auto", "where to fuse", choices=DEVICES, read_only=True),
+    *runtime_params("fusion"),
     *qos_params("best_effort", 10, "image subscription"),
     ParamSpec(
         "focus_tolerance",
@@ -69,15 +74,17 @@ class FocalFusionNode(Node):
     def __init__(self, **kwargs):
         super().__init__("focal_fusion_node", **kwargs)
         self.params = p = Parameters(self, PARAMS)
-        self.fuser = Fuser(p["method"], p["device"], p["weights"] or None)
+        self.fuser = Fuser(
+            p["method"],
+            weights=p["weights"] or None,
+            runtime=runtime_config(p),
+            warn=self.get_logger().warning,
+        )
         self.health = Health(self, "focal fusion")
         self.health.values.update(
-            {
-                "method": p["method"],
-                "device": str(self.fuser.device),
-                "weights": str(self.fuser.weights or "-"),
-            }
+            {"method": p["method"], "device": str(self.fuser.device), **self._runtime()}
         )
+        self.health.values["weights"] = str(self.fuser.weights or "-")
         qos = image_qos(p["reliability"], p["qos_depth"])
         self.buffers = {
             e: FocalBuffer(p["slices_per_stack"], p["max_buffered_slices"]) for e in EYES
@@ -98,8 +105,14 @@ class FocalFusionNode(Node):
         self.pub_depth = self.create_publisher(Image, "left/fused/focus_depth", qos)
         self.get_logger().info(
             f"fusing {p['slices_per_stack']}-slice stacks with {p['method']} on "
-            f"{self.fuser.device}" + (f" ({self.fuser.weights})" if self.fuser.weights else "")
+            f"{self.fuser.device}"
+            + (f" ({self.fuser.weights})" if self.fuser.weights else "")
+            + (f", runtime {self._runtime()}" if self.fuser.runtime else "")
         )
+
+    def _runtime(self) -> dict:
+        rt = self.fuser.runtime
+        return {k: str(v) for k, v in rt.describe().items()} if rt is not None else {}
 
     def _matcher(self) -> FocusMatcher:
         p = self.params

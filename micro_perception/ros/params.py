@@ -120,3 +120,43 @@ def qos_params(reliability: str, depth: int, what: str = "image subscription") -
         ),
         ParamSpec("qos_depth", depth, f"{what} history depth", 1, 1000, read_only=True),
     ]
+
+
+def runtime_params(what: str) -> list[ParamSpec]:
+    """The inference runtime's parameters (micro_perception.inference), shared by every node
+    that runs a network; all fixed at start."""
+    from micro_perception.inference import BACKENDS, DEVICES, PRECISIONS
+
+    return [
+        ParamSpec(
+            "backend", "auto", f"{what}: auto, tensorrt or torch", choices=BACKENDS, read_only=True
+        ),
+        ParamSpec(
+            "precision", "fp32", f"{what}: fp32 or fp16 (CUDA)", choices=PRECISIONS, read_only=True
+        ),
+        ParamSpec("device", "auto", f"where {what} runs", choices=DEVICES, read_only=True),
+        ParamSpec(
+            "engine_cache_dir",
+            "",
+            "compiled TensorRT programs ('' = $MICRO_PERCEPTION_ENGINE_CACHE or "
+            "~/.cache/micro_perception/engines)",
+            read_only=True,
+        ),
+        ParamSpec(
+            "threads", 0, "CPU threads for torch (0 = torch's default)", 0, 256, read_only=True
+        ),
+        ParamSpec("torch_compile", False, "torch backend through torch.compile", read_only=True),
+    ]
+
+
+def runtime_config(p: Parameters):
+    from micro_perception.inference import RuntimeConfig
+
+    return RuntimeConfig(
+        backend=p["backend"],
+        precision=p["precision"],
+        device=p["device"],
+        engine_cache_dir=p["engine_cache_dir"],
+        threads=p["threads"],
+        torch_compile=p["torch_compile"],
+    )

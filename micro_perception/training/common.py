@@ -35,6 +35,9 @@ class TrainConfigBase:
     val_limit: int = 20  # validation items evaluated per epoch
     log_dir: str | None = None
     resume: str | None = None
+    amp: bool = False  # bf16 autocast on CUDA (ignored on the CPU)
+    # > 0: after the first epoch, fit the plan (and its one-cycle schedule) to this many seconds
+    time_budget_s: float = 0.0
 
     @property
     def checkpoint(self) -> str:
@@ -188,20 +191,24 @@ def run_training(cfg, build, progress: bool = True) -> dict:
         writer.add_text("config", json.dumps(cfg.to_dict(), indent=1))
     rng = np.random.default_rng(cfg.seed)
     history = []
-    while epoch < cfg.epochs:
+    epochs = cfg.epochs
+    amp = cfg.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest kernels once
+    started = time.time()
+    while epoch < epochs:
         if hasattr(data, "epoch"):
             data.epoch = epoch
         if sampler is not None:
             sampler.set_epoch(epoch)
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and dd.main)
-        )
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and dd.main))
         t0 = time.time()
         net.train()
         losses = []
         for batch in bar:
             batch = [b.to(device) for b in batch]
-            loss, terms = job.step(model, batch, rng)
+            with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+                loss, terms = job.step(model, batch, rng)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -214,8 +221,21 @@ def run_training(cfg, build, progress: bool = True) -> dict:
                     writer.add_scalar(f"train/{name}", value, step)
                 writer.add_scalar("train/loss", float(loss.detach()), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
         epoch += 1
+        if cfg.time_budget_s > 0 and epoch == 1 and epochs > 1:
+            # Every rank takes the same decision from the mean first-epoch time.
+            per_epoch = dd.all_mean(time.time() - started, device)
+            fit = max(1, min(epochs, int(cfg.time_budget_s // max(per_epoch, 1e-6))))
+            if fit != epochs:
+                epochs, total_steps = fit, fit * len(loader)
+                scheduler = one_cycle(step - 1)
+                if dd.main:
+                    tqdm.write(
+                        f"{per_epoch:.1f} s per epoch: {epochs} epochs fit "
+                        f"{cfg.time_budget_s:.0f} s",
+                        file=sys.stderr,
+                    )
         metrics = {}
         if job.validate is not None:
             net.eval()
@@ -234,7 +254,7 @@ def run_training(cfg, build, progress: bool = True) -> dict:
         if dd.main:
             for name, value in metrics.items():
                 writer.add_scalar(f"val/{name}", value, step)
-            score = metrics.get(job.score, -float(loss))
+            score = metrics.get(job.score, -losses[-1])
             if score > best:
                 best = score
                 save_weights(

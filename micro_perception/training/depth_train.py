@@ -126,6 +126,9 @@ class DepthCrops(RandomCrops):
         image = take(f["image"]) / 255.0
         gain, gamma = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.25)
         image = np.clip(image * gain, 0, 1) ** gamma
+        # Sensor noise as the fused images keep it (ground-truth all-in-focus images have none).
+        sigma = rng.uniform(0.0, 0.01)
+        image = np.clip(image + rng.normal(0.0, sigma, image.shape), 0, 1).astype(np.float32)
         tensors = [
             image.transpose(2, 0, 1),
             take(f["depth"])[None],

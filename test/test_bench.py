@@ -1,0 +1,58 @@
+"""``micro-perception bench`` (the parts without ROS) prints the documented figures."""
+
+import json
+
+from micro_perception.bench import parse_runtimes, summary_ms
+from micro_perception.cli import main
+
+
+def test_summary_is_median_p95_and_max():
+    s = summary_ms([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert (s["p50"], s["max"], s["runs"]) == (3.0, 100.0, 5)
+    assert 4.0 < s["p95"] < 100.0
+
+
+def test_runtime_list_parses_backends_and_precisions():
+    cfgs = parse_runtimes("torch:fp32, compile:fp16,tensorrt", "cpu")
+    assert [(c.backend, c.precision, c.torch_compile) for c in cfgs] == [
+        ("torch", "fp32", False),
+        ("torch", "fp16", True),
+        ("tensorrt", "fp32", False),
+    ]
+
+
+def test_bench_json_has_stages_peers_and_networks(capsys):
+    rc = main(
+        [
+            "bench",
+            "--json",
+            "--size",
+            "64",
+            "64",
+            "--seconds",
+            "0.01",
+            "--slices",
+            "3",
+            "--device",
+            "cpu",
+            "--networks",
+            "segmentation,fusion",
+            "--runtimes",
+            "torch:fp32,tensorrt:fp16",
+        ]
+    )
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    stages = out["stages"]["64x64"]
+    for stage in ("fusion", "depth_net", "segmentation", "stereo_teacher", "geometry"):
+        assert stages[stage]["p50"] > 0 and stages[stage]["p95"] >= stages[stage]["p50"]
+    assert out["peers"]["sgbm"]["64x64"]["runs"] >= 5
+    rows = {(r["network"], r["runtime"]) for r in out["networks"]}
+    # tensorrt on a CPU machine runs (and says it runs) torch on the CPU.
+    assert rows == {
+        ("segmentation", "torch:fp32@cpu"),
+        ("fusion", "torch:fp32@cpu"),
+    }
+    fallback = [r for r in out["networks"] if r.get("warnings")]
+    assert fallback and all("needs CUDA" in w for r in fallback for w in r["warnings"])
+    assert out["rss_mb"]["bench"] > 0
