@@ -10,10 +10,10 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # PyPI `ros` wheels are not installed; otherwise they are.
 ifeq ($(shell test -n "$$ROS_DISTRO" && $(PYTHON) -c 'import rclpy' 2>/dev/null && echo y),y)
   VENV_FLAGS := --system-site-packages
-  EXTRAS     := test
+  EXTRAS     := test,export
 else
   VENV_FLAGS :=
-  EXTRAS     := ros,test
+  EXTRAS     := ros,test,export
 endif
 
 # Isolate DDS traffic of tests and demo from anything else on the machine.

@@ -57,6 +57,8 @@ setup(
             "ros-diagnostic-msgs>=5.5,<6",
         ],
         "tensorrt": ["torch-tensorrt==2.14.*"],
+        # micro-perception export --format onnx, and its check against ONNX Runtime.
+        "export": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",

@@ -288,6 +288,39 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a network as ONNX, a torch.export program, or a Torch-TensorRT program."""
+    from micro_perception.errors import InputError
+    from micro_perception.export import export_model
+    from micro_perception.resources import shipped_model
+
+    loaders = {
+        "fusion": ("micro_perception.fusion.network", "load_fusion_net", "fusion.pt"),
+        "depth": ("micro_perception.depth.network", "load_depth_net", "depth.pt"),
+        "segmentation": ("micro_perception.depth.segmentation", "load_seg_net", "segmentation.pt"),
+    }
+    module, fn, shipped = loaders[args.model]
+    weights = args.weights or shipped_model(shipped)
+    if weights is None:
+        raise InputError(f"no {args.model} weights installed: pass --weights FILE")
+    net = getattr(__import__(module, fromlist=[fn]), fn)(weights)
+    info = export_model(
+        net,
+        args.model,
+        args.format,
+        args.out,
+        tuple(args.size),
+        args.slices,
+        args.dynamic,
+        args.precision,
+    )
+    info["weights"] = str(weights)
+    print(
+        json.dumps(info, indent=2) if args.json else f"wrote {info['out']} ({info['bytes']} bytes)"
+    )
+    return 0
+
+
 BENCH_PARTS = ("stages", "peers", "networks")
 
 
@@ -580,7 +613,12 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
     from micro_perception.training.segment_train import SegmentTrainConfig, train_segment
 
     cfg = SegmentTrainConfig(
-        input=args.input, crops_per_frame=args.crops_per_frame, **_training_kwargs(args)
+        input=args.input,
+        crops_per_frame=args.crops_per_frame,
+        init=args.init,
+        bright_weight=args.bright_weight,
+        bright_crops=args.bright_crops,
+        **_training_kwargs(args),
     )
     _print_training(train_segment(cfg))
     return 0
@@ -1068,6 +1106,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", help="also write a PNG montage of the first sample here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("export", help=cmd_export.__doc__)
+    p.add_argument("--model", required=True, choices=["fusion", "depth", "segmentation"])
+    p.add_argument("--format", required=True, choices=["onnx", "exported-program", "tensorrt"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", help="weights file (default: the shipped one)")
+    p.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--slices", type=int, default=8, help="fusion: slices per stack")
+    p.add_argument(
+        "--dynamic", action="store_true", help="height, width (and slices) vary at run time"
+    )
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="tensorrt")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("bench", help=cmd_bench.__doc__)
     p.add_argument(
         "--size",
@@ -1169,6 +1221,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="images: ground-truth all-in-focus, or the fusion network's output",
     )
     p.add_argument("--crops-per-frame", type=int, default=1)
+    p.add_argument("--init", help="weights to start from (fine-tuning)")
+    p.add_argument(
+        "--bright-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of bright background pixels (a light pipe's glow), hard negatives",
+    )
+    p.add_argument(
+        "--bright-crops", type=float, default=0.0, help="share of crops centred on them"
+    )
     p.set_defaults(func=cmd_train_segment)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
         dest="net", required=True

@@ -63,9 +63,16 @@ def depth_terms(
     return {"depth": l_depth, "grad": l_grad, "normal": l_normal}
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + Dice of instrument-mask logits against a {0, 1} target."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def mask_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """BCE + Dice of instrument-mask logits against a {0, 1} target; ``weight`` (per pixel,
+    mean-normalised) stresses the BCE on pixels that matter more, e.g. hard negatives."""
+    if weight is None:
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+    else:
+        per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        bce = (per * weight).sum() / weight.sum().clamp_min(1e-6)
     prob = torch.sigmoid(logits)
     inter = (prob * target).sum(dim=(1, 2, 3))
     dice = 1 - (2 * inter + 1) / (prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)

@@ -34,16 +34,29 @@ class SegmentTrainConfig(TrainConfigBase):
     crop: int = 192
     crops_per_frame: int = 1
     val_limit: int = 40  # images (both eyes count)
+    init: str | None = None  # weights to start from (fine-tuning), else random
+    # Hard negatives: bright background (a light pipe's glow, the optic disc) looks like a lit
+    # instrument end. Their BCE weight, and the share of crops centred on one.
+    bright_weight: float = 1.0
+    bright_crops: float = 0.0
+    bright_level: float = 0.8  # luminance in [0, 1] above which background counts as bright
     net: SegNetConfig = field(default_factory=SegNetConfig)
 
     def __post_init__(self):
         if self.input not in ("aif", "fused"):
             raise InputError(f"input must be aif or fused, got {self.input!r}")
+        if self.bright_weight < 1.0 or not 0.0 <= self.bright_crops <= 1.0:
+            raise InputError(
+                f"bright_weight must be >= 1 and bright_crops in [0, 1], got "
+                f"{self.bright_weight} and {self.bright_crops}"
+            )
 
 
-def load_masked_images(root: str, input_kind: str, limit: int | None = None) -> list[dict]:
-    """Both eyes' input images and instrument masks, in memory."""
-    fuser = Fuser("net", "cpu") if input_kind == "fused" else None
+def load_masked_images(
+    root: str, input_kind: str, limit: int | None = None, device: str = "cpu"
+) -> list[dict]:
+    """Both eyes' input images and instrument masks, in memory (fused on ``device``)."""
+    fuser = Fuser("net", device) if input_kind == "fused" else None
     items = []
     for rec in find_stacks(Path(root)):
         for eye in ("left", "right"):
@@ -59,18 +72,45 @@ def load_masked_images(root: str, input_kind: str, limit: int | None = None) -> 
     return items
 
 
+def bright_background(item: dict, level: float) -> np.ndarray:
+    """Background pixels brighter than ``level`` (luminance in [0, 1]): the hard negatives."""
+    grey = item["image"].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return (grey >= level * 255.0) & (item["mask"] <= 0)
+
+
 class SegmentCrops(RandomCrops):
     """Random crops of in-memory images and their masks, turned and flipped alike, with
-    photometric jitter, blur and noise on the image."""
+    photometric jitter, blur and noise on the image, and a per-pixel loss weight. A share
+    ``bright_crops`` of the crops is centred on bright background where an image has some."""
+
+    def __init__(
+        self, items, crop, repeat, seed, bright_weight=1.0, bright_crops=0.0, bright_level=0.8
+    ):
+        super().__init__(items, crop, repeat, seed)
+        self.bright_weight, self.bright_crops = bright_weight, bright_crops
+        self.bright = [bright_background(it, bright_level) for it in items]
+        self.bright_px = [np.argwhere(b)[::7] for b in self.bright]  # centres to draw from
+
+    def draw(self, i: int):
+        rng, item, rows, cols = super().draw(i)
+        k = i % len(self.items)
+        if self.bright_crops > 0 and len(self.bright_px[k]) and rng.uniform() < self.bright_crops:
+            h, w = self.size_of(item)
+            y, x = self.bright_px[k][int(rng.integers(len(self.bright_px[k])))]
+            y0 = int(np.clip(y - self.crop // 2, 0, h - self.crop))
+            x0 = int(np.clip(x - self.crop // 2, 0, w - self.crop))
+            rows, cols = slice(y0, y0 + self.crop), slice(x0, x0 + self.crop)
+        return rng, item, rows, cols
 
     def __getitem__(self, i: int):
         rng, item, rows, cols = self.draw(i)
         image = item["image"][rows, cols].astype(np.float32) / 255.0
         mask = item["mask"][rows, cols]
+        weight = 1.0 + (self.bright_weight - 1.0) * self.bright[i % len(self.items)][rows, cols]
         turns = int(rng.integers(0, 4))
-        image, mask = np.rot90(image, turns), np.rot90(mask, turns)
+        image, mask, weight = (np.rot90(a, turns) for a in (image, mask, weight))
         if rng.uniform() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
+            image, mask, weight = image[:, ::-1], mask[:, ::-1], weight[:, ::-1]
         image = np.ascontiguousarray(image)
         sigma = rng.uniform(0.0, 1.0)
         if sigma > 0.3:
@@ -82,6 +122,7 @@ class SegmentCrops(RandomCrops):
         return (
             torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
+            torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))[None],
         )
 
 
@@ -137,22 +178,39 @@ def summarise_masks(rows: list[dict], missing=None) -> dict:
 
 def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
     def build(device: torch.device) -> TrainJob:
-        items = load_masked_images(cfg.data, cfg.input)
-        val = load_masked_images(cfg.val, cfg.input, cfg.val_limit) if cfg.val else []
+        items = load_masked_images(cfg.data, cfg.input, device=str(device))
+        val = load_masked_images(cfg.val, cfg.input, cfg.val_limit, str(device)) if cfg.val else []
 
         def step(model, batch, rng):
-            image, mask = batch
-            loss = mask_loss(model(image), mask)
+            image, mask, weight = batch
+            loss = mask_loss(model(image), mask, weight if cfg.bright_weight > 1 else None)
             return loss, {"mask": float(loss.detach())}
 
         def validate(net) -> dict:
             return summarise_masks(predict_masks(net, val, device)[0], missing=0.0)
 
+        net = SegNet(cfg.net)
+        if cfg.init:
+            from micro_perception.model_io import load_into, load_weights
+
+            config, state, _ = load_weights(cfg.init, "segmentation")
+            if SegNetConfig.from_dict(config) != cfg.net:
+                raise InputError(f"{cfg.init} is another segmentation architecture: {config}")
+            load_into(net, state, cfg.init)
+
         return TrainJob(
             kind="segmentation",
-            net=SegNet(cfg.net),
+            net=net,
             net_config=cfg.net.to_dict(),
-            data=SegmentCrops(items, cfg.crop, cfg.crops_per_frame, cfg.seed),
+            data=SegmentCrops(
+                items,
+                cfg.crop,
+                cfg.crops_per_frame,
+                cfg.seed,
+                cfg.bright_weight,
+                cfg.bright_crops,
+                cfg.bright_level,
+            ),
             step=step,
             validate=validate if val else None,
             score="iou",
