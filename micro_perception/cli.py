@@ -321,7 +321,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_PARTS = ("stages", "peers", "networks")
+BENCH_PARTS = ("stages", "peers", "networks", "end_to_end", "transport")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -379,7 +379,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.slices,
             args.depth_weights,
         )
+    if "end_to_end" in parts or "transport" in parts:
+        from micro_perception.resources import use_large_image_transport
+        from micro_perception.ros import bench_dds
+
+        use_large_image_transport()
+        runtime = {k: v for k, v in configs[0].to_dict().items() if k != "engine_cache_dir"}
+        runtime["device"] = str(device).split(":")[0]
+    if "end_to_end" in parts:
+        out["end_to_end"] = {}
+        for size in sizes:
+            key = f"{size[0]}x{size[1]}"
+            say(f"end to end at {key}: sim -> focal_fusion_node -> depth_node processes ...")
+            out["end_to_end"][key] = bench_dds.run_end_to_end(
+                size, args.e2e_seconds, args.slices, args.sweep_rate, runtime
+            )
+    if "transport" in parts:
+        size = max(sizes, key=lambda s: s[0] * s[1])
+        say(f"transport: {size[0]}x{size[1]} rgb8 pairs between processes, in one, memcpy ...")
+        out["transport"] = bench_dds.run_transport(size, args.transport_frames)
     out["rss_mb"] = {"bench": bench.peak_rss_mb()}
+    for key, e2e in out.get("end_to_end", {}).items():
+        for name, mb in e2e["rss_mb"].items():
+            out["rss_mb"][f"{name}@{key}"] = mb
     if device.type == "cuda":
         out["gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if args.json:
@@ -405,7 +427,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 f"  {r['network']:<13}{size:<11}{r['runtime']:<28}"
                 f"{r['p50']:9.2f}{r['p95']:9.2f}{r['max']:9.2f}"
             )
-    print(f"\npeak RSS {out['rss_mb']['bench']:.0f} MB")
+    for size, e in out.get("end_to_end", {}).items():
+        lat = e["latency_ms"] or {}
+        print(
+            f"\nend to end at {size} (3 processes over DDS): {e['rate_hz']:.2f} Hz out of "
+            f"{e['input_rate_hz']:.2f} Hz sweeps in, {e['dropped']} dropped; latency p50 "
+            f"{lat.get('p50', float('nan')):.0f} ms, p95 {lat.get('p95', float('nan')):.0f} ms, "
+            f"max {lat.get('max', float('nan')):.0f} ms"
+        )
+    if "transport" in out:
+        t = out["transport"]
+        for key in ("between_processes", "in_process"):
+            lat = t[key]["latency_ms"] or {}
+            print(
+                f"transport {t['size'][0]}x{t['size'][1]} rgb8 pairs {key.replace('_', ' ')}: "
+                f"{t[key]['received']}/{t['frames']}, p50 {lat.get('p50', float('nan')):.1f} ms"
+            )
+        print(f"memcpy of one frame: p50 {t['memcpy_ms']['p50']:.2f} ms")
+    print("\npeak RSS, MB: " + ", ".join(f"{k} {v:.0f}" for k, v in out["rss_mb"].items() if v))
     return 0
 
 
@@ -1130,7 +1169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size (repeatable; default 512x512 and 1080x1920)",
     )
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement")
-    p.add_argument("--parts", default="stages,peers,networks", help=f"of {list(BENCH_PARTS)}")
+    p.add_argument("--parts", default=",".join(BENCH_PARTS), help=f"of {list(BENCH_PARTS)}")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--runtimes",
@@ -1140,6 +1179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--networks", default="fusion,depth,segmentation")
     p.add_argument("--slices", type=int, default=8, help="focal slices per stack")
     p.add_argument("--depth-weights", help="depth network weights (default: shipped, or random)")
+    p.add_argument("--e2e-seconds", type=float, default=20.0, help="end-to-end window")
+    p.add_argument("--sweep-rate", type=float, default=2.0, help="sim sweeps per second")
+    p.add_argument("--transport-frames", type=int, default=40)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 

@@ -56,3 +56,36 @@ def test_bench_json_has_stages_peers_and_networks(capsys):
     fallback = [r for r in out["networks"] if r.get("warnings")]
     assert fallback and all("needs CUDA" in w for r in fallback for w in r["warnings"])
     assert out["rss_mb"]["bench"] > 0
+
+
+def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
+    rc = main(
+        [
+            "bench",
+            "--json",
+            "--parts",
+            "end_to_end,transport",
+            "--size",
+            "96",
+            "96",
+            "--slices",
+            "3",
+            "--e2e-seconds",
+            "4",
+            "--transport-frames",
+            "8",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    e2e = out["end_to_end"]["96x96"]
+    assert e2e["distances_out"] > 0 and e2e["rate_hz"] > 0 and e2e["dropped"] >= 0
+    lat = e2e["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["max"] < 10_000
+    assert set(e2e["rss_mb"]) == {"sim_microscope_node", "focal_fusion_node", "depth_node"}
+    assert all(mb > 50 for mb in e2e["rss_mb"].values())
+    t = out["transport"]
+    assert t["between_processes"]["received"] == 8 == t["in_process"]["received"]
+    assert t["ms"]["p50"] > 0 and t["memcpy_ms"]["p50"] >= 0

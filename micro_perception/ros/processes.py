@@ -10,9 +10,15 @@ import sys
 
 
 def start_node(
-    module: str, namespace: str, params: dict, log_level: str = "warn", env: dict | None = None
+    module: str,
+    namespace: str,
+    params: dict,
+    log_level: str = "warn",
+    env: dict | None = None,
+    remaps: list[str] | None = None,
 ) -> subprocess.Popen:
-    """``python -m micro_perception.ros.<module>`` with parameters and a namespace."""
+    """``python -m micro_perception.ros.<module>`` with parameters, a namespace and ROS
+    arguments such as remappings (``["-r", "from:=to", ...]``)."""
     args = [
         sys.executable,
         "-m",
@@ -23,6 +29,7 @@ def start_node(
         "--log-level",
         log_level,
     ]
+    args += list(remaps or [])
     for name, value in params.items():
         args += ["-p", f"{name}:={value}"]
     return subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True)

@@ -1,0 +1,165 @@
+"""The parts of ``micro-perception bench`` that go through real DDS between processes.
+
+* ``end_to_end``: the virtual microscope, ``focal_fusion_node`` and ``depth_node`` as three
+  processes (as ``ros2 launch`` starts them) and a subscriber here to
+  ``instrument/retina_distance``: latency from the stamp of a sweep's last slice (which the
+  distance carries) to the distance's arrival, the achieved output rate, the sweeps that gave no
+  distance, and each process's peak RSS.
+* ``transport``: one image pair node-to-node at the given size (the transport check), the same
+  between two nodes of one process, and a plain memcpy of the same frame in this process: the
+  physical floor of this path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import JointState, Range
+
+from micro_perception.bench import summary_ms, timed
+from micro_perception.ros.chain import FUSED
+from micro_perception.ros.processes import start_node, stop_process
+from micro_perception.ros.qos import image_qos
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident set (VmHWM), MB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def run_end_to_end(
+    size: tuple[int, int],
+    seconds: float = 20.0,
+    slices: int = 8,
+    sweep_rate: float = 2.0,
+    runtime: dict | None = None,
+    startup_timeout: float = 240.0,
+    warmup_s: float = 3.0,
+    namespace: str = "/bench",
+    cache_dir: str = "",
+) -> dict:
+    """Run the three node processes; measure for ``seconds``, ``warmup_s`` after the first
+    distance arrives."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    h, w = size
+    sim = {
+        "width": w,
+        "height": h,
+        "slices": slices,
+        "poses": 2,
+        "sweep_rate": float(sweep_rate),
+        "period": 3600.0,
+    }
+    if cache_dir:
+        sim["cache_dir"] = cache_dir
+    fusion = {"slices_per_stack": slices, "publish_focus_depth": False, **(runtime or {})}
+    depth = dict(runtime or {})
+    procs = {
+        "sim_microscope_node": start_node("sim_microscope_node", namespace, sim),
+        "focal_fusion_node": start_node("focal_fusion_node", namespace, fusion),
+        "depth_node": start_node("depth_node", namespace, depth, remaps=FUSED[1:]),
+    }
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = Node("bench_listener", context=context, namespace=namespace)
+    lock = threading.Lock()
+    ranges: list[tuple[float, float, float]] = []  # (arrival, stamp, range)
+    focus: list[float] = []  # arrival of each slice's focus position (one for both eyes)
+
+    def on_range(msg: Range) -> None:
+        now = time.time()
+        with lock:
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            ranges.append((now, stamp, msg.range))
+
+    def on_focus(msg: JointState) -> None:
+        with lock:
+            focus.append(time.time())
+
+    node.create_subscription(Range, "instrument/retina_distance", on_range, 50)
+    node.create_subscription(JointState, "focus", on_focus, image_qos("reliable", 100))
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(node)
+    thread = threading.Thread(target=ex.spin, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not ranges:
+            dead = [n for n, p in procs.items() if p.poll() not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited during start")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no distance within {startup_timeout:.0f} s of the start")
+            time.sleep(0.1)
+        time.sleep(warmup_s)  # frames queued during the start drain first
+        t_start = time.time()
+        time.sleep(seconds)
+        t_end = time.time()
+        rss = {name: peak_rss_mb(p.pid) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            stop_process(p)
+        ex.shutdown()
+        thread.join(timeout=5)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    with lock:
+        window = [r for r in ranges if t_start <= r[0] < t_end]
+        sweeps = sum(1 for t in focus if t_start <= t < t_end) / slices  # one focus per slice
+    lat = [(arr - stamp) * 1e3 for arr, stamp, _ in window]
+    span = t_end - t_start
+    return {
+        "size": [h, w],
+        "seconds": span,
+        "sweeps_in": sweeps,
+        "distances_out": len(window),
+        "rate_hz": len(window) / span,
+        "input_rate_hz": sweeps / span,
+        "dropped": max(0, round(sweeps - len(window))),
+        "latency_ms": summary_ms(lat) if lat else None,
+        "known": int(sum(np.isfinite(r[2]) for r in window)),
+        "rss_mb": rss,
+        "runtime": runtime or {},
+    }
+
+
+def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: float = 10.0):
+    """Stereo pairs node-to-node between processes and within one, and the memcpy floor."""
+    from micro_perception.ros.transport_check import TransportCheckConfig, run_transport_check
+
+    h, w = size
+    out = {"size": [h, w], "encoding": "rgb8", "frames": frames, "rate_hz": rate}
+    for key, separate in (("between_processes", True), ("in_process", False)):
+        cfg = TransportCheckConfig(
+            width=w,
+            height=h,
+            frames=frames,
+            rate=rate,
+            separate_process=separate,
+            namespace=f"/bench_{key}",
+        )
+        report = run_transport_check(cfg)
+        p50, p95, mx = (report.get(f"latency_ms_{k}") for k in ("p50", "p95", "max"))
+        out[key] = {
+            "received": report["pairs"],
+            "exact": report["exact"],
+            "latency_ms": {"p50": p50, "p95": p95, "max": mx} if p50 is not None else None,
+        }
+    src = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    dst = np.empty_like(src)
+    out["memcpy_ms"] = timed(lambda: np.copyto(dst, src), seconds=0.5, min_runs=20)
+    out["ms"] = out["between_processes"]["latency_ms"]
+    return out
