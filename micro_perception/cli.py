@@ -79,6 +79,12 @@ def _add_transport_args(p: argparse.ArgumentParser, frames: int, size: tuple[int
         action="store_true",
         help="use Fast DDS's default transports, not the package's large-image profile",
     )
+    p.add_argument(
+        "--transport",
+        default="raw",
+        choices=["raw", "shm", "auto"],
+        help="images as sensor_msgs/Image over DDS (raw), or through shared memory (shm)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -96,13 +102,15 @@ def _transport_check(args: argparse.Namespace) -> int:
         rate=args.rate,
         reliability=args.reliability,
         separate_process=not args.in_process,
+        transport=args.transport,
     )
     where = "in this process" if cfg.separate_process is False else "in its own process"
     if not args.json:
         print(
             f"sending {cfg.frames} {cfg.width}x{cfg.height} {cfg.encoding} stereo pairs at "
             f"{cfg.rate} Hz from stereo_pattern_node ({where}) to stereo_check_node over DDS "
-            f"({cfg.reliability} subscriptions, ApproximateTimeSynchronizer); "
+            f"({cfg.reliability} subscriptions, {cfg.transport} images, "
+            "ApproximateTimeSynchronizer); "
             f"DDS profile: {profile}",
             flush=True,
         )
@@ -437,7 +445,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if "transport" in out:
         t = out["transport"]
-        for key in ("between_processes", "in_process"):
+        for key in ("between_processes", "in_process", "shm_between_processes"):
             lat = t[key]["latency_ms"] or {}
             print(
                 f"transport {t['size'][0]}x{t['size'][1]} rgb8 pairs {key.replace('_', ' ')}: "

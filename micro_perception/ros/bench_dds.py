@@ -142,7 +142,12 @@ def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: 
 
     h, w = size
     out = {"size": [h, w], "encoding": "rgb8", "frames": frames, "rate_hz": rate}
-    for key, separate in (("between_processes", True), ("in_process", False)):
+    runs = (
+        ("between_processes", True, "raw"),
+        ("in_process", False, "raw"),
+        ("shm_between_processes", True, "shm"),
+    )
+    for key, separate, transport in runs:
         cfg = TransportCheckConfig(
             width=w,
             height=h,
@@ -150,6 +155,7 @@ def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: 
             rate=rate,
             separate_process=separate,
             namespace=f"/bench_{key}",
+            transport=transport,
         )
         report = run_transport_check(cfg)
         p50, p95, mx = (report.get(f"latency_ms_{k}") for k in ("p50", "p95", "max"))
@@ -162,4 +168,5 @@ def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: 
     dst = np.empty_like(src)
     out["memcpy_ms"] = timed(lambda: np.copyto(dst, src), seconds=0.5, min_runs=20)
     out["ms"] = out["between_processes"]["latency_ms"]
+    out["shm_ms"] = out["shm_between_processes"]["latency_ms"]
     return out

@@ -50,6 +50,7 @@ from micro_perception.ros.params import (
 )
 from micro_perception.ros.qos import alert_qos, image_qos
 from micro_perception.ros.runner import spin_node
+from micro_perception.ros.shm_transport import ImageInput
 from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
 from micro_perception.sim.sequence import LEFT_FRAME
 from micro_perception.tracking import DistanceFilter, FilterConfig, ProximityAlert
@@ -75,6 +76,13 @@ PARAMS = [
         read_only=True,
     ),
     *runtime_params("the networks"),
+    ParamSpec(
+        "image_transport",
+        "auto",
+        "images: auto (shared memory when offered on this host, else the topic), shm or raw",
+        choices=("auto", "shm", "raw"),
+        read_only=True,
+    ),
     *qos_params("best_effort", 5, "image subscription"),
     ParamSpec(
         "sync_slop",
@@ -151,8 +159,8 @@ class DepthNode(Node):
         self.last_stamp_ns: int | None = None
         qos = image_qos(p["reliability"], p["qos_depth"])
         subs = [
-            Subscriber(self, Image, "left/image", qos_profile=qos),
-            Subscriber(self, Image, "right/image", qos_profile=qos),
+            ImageInput(self, "left/image", qos, p["image_transport"], self._transport_error),
+            ImageInput(self, "right/image", qos, p["image_transport"], self._transport_error),
             Subscriber(self, CameraInfo, "left/camera_info", qos_profile=qos),
             Subscriber(self, CameraInfo, "right/camera_info", qos_profile=qos),
         ]
@@ -172,6 +180,9 @@ class DepthNode(Node):
             f"{self.pipeline.mask_source}; alert below {p['alert_distance'] * 1e3:.2f} mm "
             f"({p['distance_mode']}); runtime {self.pipeline.runtimes()}"
         )
+
+    def _transport_error(self, text: str) -> None:
+        self.health.problem("transport", text)
 
     def _filter_config(self) -> FilterConfig:
         p = self.params

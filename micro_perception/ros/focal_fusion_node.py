@@ -36,6 +36,7 @@ from micro_perception.ros.params import (
 )
 from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
+from micro_perception.ros.shm_transport import ImageInput, ImagePublisher
 
 EYES = ("left", "right")
 MONO = ("mono8", "8UC1", "mono16", "16UC1")
@@ -50,6 +51,13 @@ PARAMS = [
         "weights", "", "fusion weights file ('' = the installed models/fusion.pt)", read_only=True
     ),
     *runtime_params("fusion"),
+    ParamSpec(
+        "image_transport",
+        "auto",
+        "slices: auto (shared memory when offered on this host, else the topic), shm or raw",
+        choices=("auto", "shm", "raw"),
+        read_only=True,
+    ),
     *qos_params("best_effort", 10, "image subscription"),
     ParamSpec(
         "focus_tolerance",
@@ -91,15 +99,16 @@ class FocalFusionNode(Node):
         }
         self.matchers = {e: self._matcher() for e in EYES}
         self.info: dict[str, CameraInfo] = {}
-        self.pub_image, self.pub_info = {}, {}
+        self.pub_image, self.pub_info, self.inputs = {}, {}, {}
         for eye in EYES:
-            self.create_subscription(
-                Image, f"{eye}/image_raw", lambda m, e=eye: self._on_image(e, m), qos
+            self.inputs[eye] = ImageInput(
+                self, f"{eye}/image_raw", qos, p["image_transport"], self._transport_error
             )
+            self.inputs[eye].registerCallback(lambda m, e=eye: self._on_image(e, m))
             self.create_subscription(
                 CameraInfo, f"{eye}/camera_info", lambda m, e=eye: self.info.__setitem__(e, m), qos
             )
-            self.pub_image[eye] = self.create_publisher(Image, f"{eye}/fused/image", qos)
+            self.pub_image[eye] = ImagePublisher(self, f"{eye}/fused/image", qos)
             self.pub_info[eye] = self.create_publisher(CameraInfo, f"{eye}/fused/camera_info", qos)
         self.create_subscription(JointState, "focus", self._on_focus, image_qos("reliable", 100))
         self.pub_depth = self.create_publisher(Image, "left/fused/focus_depth", qos)
@@ -109,6 +118,9 @@ class FocalFusionNode(Node):
             + (f" ({self.fuser.weights})" if self.fuser.weights else "")
             + (f", runtime {self._runtime()}" if self.fuser.runtime else "")
         )
+
+    def _transport_error(self, text: str) -> None:
+        self.health.problem("transport", text)
 
     def _runtime(self) -> dict:
         rt = self.fuser.runtime
@@ -171,7 +183,7 @@ class FocalFusionNode(Node):
         if COLOUR_ORDER.get(last.encoding):
             fused = fused[..., ::-1]
         header = output_header(last.meta, last.meta.frame_id)
-        self.pub_image[eye].publish(numpy_to_image(fused, last.encoding, header))
+        self.pub_image[eye].publish(fused, last.encoding, header)
         if eye in self.info:
             info = self.info[eye]
             info.header = header

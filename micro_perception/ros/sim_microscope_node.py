@@ -23,6 +23,7 @@ from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to
 from micro_perception.ros.params import Parameters, ParamSpec, qos_params
 from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
+from micro_perception.ros.shm_transport import ImagePublisher
 from micro_perception.sim.scene import INSTRUMENT_KINDS
 from micro_perception.sim.sequence import (
     LEFT_FRAME,
@@ -99,8 +100,8 @@ class SimMicroscopeNode(Node):
         self.right_cam = sequence.optics.right_camera()
         qos = image_qos(p["reliability"], p["qos_depth"])
         self.pubs = {
-            "left_image": self.create_publisher(Image, TOPICS["left_image"], qos),
-            "right_image": self.create_publisher(Image, TOPICS["right_image"], qos),
+            "left_image": ImagePublisher(self, TOPICS["left_image"], qos),
+            "right_image": ImagePublisher(self, TOPICS["right_image"], qos),
             "left_info": self.create_publisher(CameraInfo, TOPICS["left_info"], qos),
             "right_info": self.create_publisher(CameraInfo, TOPICS["right_info"], qos),
             "focus": self.create_publisher(JointState, TOPICS["focus"], qos),
@@ -128,8 +129,8 @@ class SimMicroscopeNode(Node):
         pub["focus"].publish(
             JointState(header=Header(stamp=stamp), name=["focus"], position=[frame.focus_distance])
         )
-        pub["left_image"].publish(numpy_to_image(frame.left, "rgb8", left_h))
-        pub["right_image"].publish(numpy_to_image(frame.right, "rgb8", right_h))
+        pub["left_image"].publish(frame.left, "rgb8", left_h)
+        pub["right_image"].publish(frame.right, "rgb8", right_h)
         if self.params["publish_ground_truth"]:
             pub["gt_depth"].publish(numpy_to_image(frame.pose.left_depth, "32FC1", left_h))
             pub["gt_aif"].publish(numpy_to_image(frame.pose.left_aif, "rgb8", left_h))

@@ -20,13 +20,21 @@ from micro_perception.ros.conversions import camera_infos_to_stereo, image_to_nu
 from micro_perception.ros.params import Parameters, ParamSpec, qos_params
 from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import log_report, spin_node
-from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
+from micro_perception.ros.shm_transport import ImageInput
+from micro_perception.ros.sync import ApproximateTimeSynchronizer
 
 PARAMS = [
     *qos_params("best_effort", 5, "image subscription"),
     ParamSpec("queue_size", 10, "synchroniser queue per input", 1, 1000, read_only=True),
     ParamSpec("slop", 0.005, "largest stamp difference paired, seconds", 0.0, 1.0, read_only=True),
     ParamSpec("disparity", 8, "pixel shift of the right pattern image", 0, 512),
+    ParamSpec(
+        "image_transport",
+        "auto",
+        "images: auto (shared memory when offered on this host, else the topic), shm or raw",
+        choices=("auto", "shm", "raw"),
+        read_only=True,
+    ),
 ]
 
 # Latency samples kept for the percentiles.
@@ -49,8 +57,10 @@ class StereoCheckNode(Node):
         self.latency_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.stereo = None
         self._info: dict[str, CameraInfo] = {}
-        left = Subscriber(self, Image, "left/image_raw", qos_profile=qos)
-        right = Subscriber(self, Image, "right/image_raw", qos_profile=qos)
+        warn = self._transport_error
+        left = ImageInput(self, "left/image_raw", qos, p["image_transport"], warn)
+        right = ImageInput(self, "right/image_raw", qos, p["image_transport"], warn)
+        self.inputs = (left, right)
         self.sync = ApproximateTimeSynchronizer([left, right], p["queue_size"], p["slop"])
         self.sync.registerCallback(self._on_pair)
         self.create_subscription(
@@ -59,6 +69,11 @@ class StereoCheckNode(Node):
         self.create_subscription(
             CameraInfo, "right/camera_info", lambda m: self._on_info("right", m), qos
         )
+
+    def _transport_error(self, text: str) -> None:
+        with self._lock:
+            self.bad_input += 1
+        self.get_logger().warning(text, throttle_duration_sec=1.0)
 
     def _on_info(self, side: str, msg: CameraInfo) -> None:
         self._info[side] = msg

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from rclpy.duration import Duration
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 
 from micro_perception.camera import CameraIntrinsics
 from micro_perception.pattern import CHANNELS, stereo_pattern
-from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
+from micro_perception.ros.conversions import intrinsics_to_camera_info
 from micro_perception.ros.params import Parameters, ParamSpec, qos_params
 from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
+from micro_perception.ros.shm_transport import ImagePublisher
 
 PARAMS = [
     ParamSpec("width", 640, "image width in pixels", 8, 16384, read_only=True),
@@ -65,8 +66,8 @@ class StereoPatternNode(Node):
         self.params = Parameters(self, PARAMS)
         p = self.params
         qos = image_qos(p["reliability"], p["qos_depth"])
-        self.pub_left = self.create_publisher(Image, "left/image_raw", qos)
-        self.pub_right = self.create_publisher(Image, "right/image_raw", qos)
+        self.pub_left = ImagePublisher(self, "left/image_raw", qos)
+        self.pub_right = ImagePublisher(self, "right/image_raw", qos)
         self.pub_info_left = self.create_publisher(CameraInfo, "left/camera_info", qos)
         self.pub_info_right = self.create_publisher(CameraInfo, "right/camera_info", qos)
         w, h, z0, b = p["width"], p["height"], p["convergence_distance"], p["baseline"]
@@ -103,8 +104,8 @@ class StereoPatternNode(Node):
         hr = Header(stamp=right_stamp.to_msg(), frame_id=p["right_frame_id"])
         self.pub_info_left.publish(intrinsics_to_camera_info(self.left_cam, hl))
         self.pub_info_right.publish(intrinsics_to_camera_info(self.right_cam, hr))
-        self.pub_left.publish(numpy_to_image(left, p["encoding"], hl))
-        self.pub_right.publish(numpy_to_image(right, p["encoding"], hr))
+        self.pub_left.publish(left, p["encoding"], hl)
+        self.pub_right.publish(right, p["encoding"], hr)
         self.sent += 1
 
 

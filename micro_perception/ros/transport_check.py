@@ -32,6 +32,7 @@ class TransportCheckConfig:
     namespace: str = "/microscope"
     separate_process: bool = True
     settle_s: float = 2.0  # how long to wait for late pairs after the last one was sent
+    transport: str = "auto"  # the checker's image_transport: auto, shm or raw
 
 
 def _pattern_overrides(cfg: TransportCheckConfig) -> dict:
@@ -58,7 +59,10 @@ def run_transport_check(cfg: TransportCheckConfig) -> dict:
         checker = StereoCheckNode(
             context=context,
             namespace=cfg.namespace,
-            parameter_overrides=[Parameter("reliability", value=cfg.reliability)],
+            parameter_overrides=[
+                Parameter("reliability", value=cfg.reliability),
+                Parameter("image_transport", value=cfg.transport),
+            ],
         )
         nodes.append(checker)
         executor.add_node(checker)
@@ -93,6 +97,10 @@ def run_transport_check(cfg: TransportCheckConfig) -> dict:
                 break
         report = checker.report()
         report["sent"] = cfg.frames
+        report["transport"] = {
+            side: dict(inp.received)
+            for side, inp in zip(("left", "right"), checker.inputs, strict=True)
+        }
         report["seconds"] = time.monotonic() - started
         return report
     finally:

@@ -1,0 +1,131 @@
+"""The mp_shm image transport: the ring across processes, the handles, and nodes over DDS."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from micro_perception.errors import InputError
+from micro_perception.ros.conversions import image_to_numpy, numpy_to_image
+from micro_perception.ros.qos import image_qos
+from micro_perception.ros.shm_transport import (
+    SHM_DIR,
+    SUFFIX,
+    Handle,
+    ImageInput,
+    ImagePublisher,
+    ShmRing,
+    host_id,
+)
+
+
+def test_ring_is_read_bit_exact_by_another_process_and_detects_overwrites():
+    ring = ShmRing(64 * 48 * 3, slots=3)
+    try:
+        images = [np.full((64, 48, 3), i, np.uint8) for i in range(5)]
+        written = [ring.write(img) for img in images]
+        code = (
+            "import sys; from micro_perception.ros.shm_transport import ShmRing\n"
+            f"r = ShmRing.attach({ring.name!r})\n"
+            "for slot, seq in " + repr(written) + ":\n"
+            "    d = r.read(slot, seq)\n"
+            "    print(-1 if d is None else int(d[0]), 0 if d is None else len(d))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+        # Three slots: the first two images were overwritten by the fourth and fifth.
+        assert out == ["-1", "0", "-1", "0", "2", str(64 * 48 * 3), "3", "9216", "4", "9216"]
+        with pytest.raises(InputError, match="fit"):
+            ring.write(np.zeros((65, 48, 3), np.uint8))
+    finally:
+        ring.close()
+    assert not (SHM_DIR / ring.name).exists()
+    with pytest.raises(InputError, match="cannot be opened"):
+        ShmRing.attach(ring.name)
+
+
+def test_attach_refuses_what_is_not_a_ring(tmp_path):
+    with pytest.raises(InputError, match="name"):
+        ShmRing.attach("../etc/passwd")
+    path = SHM_DIR / "mp_shm_test_not_a_ring"
+    path.write_bytes(b"x" * 100)
+    try:
+        with pytest.raises(InputError, match="not an mp_shm ring"):
+            ShmRing.attach(path.name)
+    finally:
+        path.unlink()
+
+
+def test_handle_round_trips_and_malformed_ones_are_refused():
+    h = Handle("mp_shm_ab", 3, 17, "rgb8", 1080, 1920, 5760, 0, host_id())
+    assert Handle.parse(h.format()) == h
+    for bad in ("jpeg", "mp_shm;a;b", h.format().replace(";17;", ";x;")):
+        with pytest.raises(InputError):
+            Handle.parse(bad)
+
+
+def _wait(cond, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cond()
+
+
+def test_nodes_exchange_images_through_shared_memory_and_raw_stays_unpublished(ros_context, spin):
+    talker = Node("shm_talker", context=ros_context, namespace="/shm")
+    listener = Node("shm_listener", context=ros_context, namespace="/shm")
+    qos = image_qos("reliable", 10)
+    pub = ImagePublisher(talker, "cam/image", qos)
+    errors, got = [], []
+    inp = ImageInput(listener, "cam/image", qos, "shm", errors.append)
+    inp.registerCallback(got.append)
+    spin(talker, listener)
+    assert _wait(lambda: pub.get_subscription_count() > 0)
+    assert pub.raw.get_subscription_count() == 0  # nobody wants the serialised image
+    rng = np.random.default_rng(0)
+    sent = [rng.integers(0, 256, (40, 30, 3), dtype=np.uint8) for _ in range(5)]
+    for i, img in enumerate(sent):
+        header = Header(frame_id="cam")
+        header.stamp.sec = i + 1
+        pub.publish(img, "rgb8", header)
+        time.sleep(0.05)
+    assert _wait(lambda: len(got) == 5)
+    for i, msg in enumerate(got):
+        assert msg.header.stamp.sec == i + 1 and msg.header.frame_id == "cam"
+        np.testing.assert_array_equal(image_to_numpy(msg), sent[i])
+    assert inp.received == {"shm": 5, "raw": 0} and not errors
+    pub.close()
+    inp.close()
+
+
+def test_auto_input_takes_a_plain_image_topic_and_a_foreign_host_falls_back(ros_context, spin):
+    talker = Node("raw_talker", context=ros_context, namespace="/auto")
+    listener = Node("raw_listener", context=ros_context, namespace="/auto")
+    qos = image_qos("reliable", 10)
+    raw = talker.create_publisher(Image, "cam/image", qos)  # a camera driver
+    errors, got = [], []
+    inp = ImageInput(listener, "cam/image", qos, "auto", errors.append)
+    inp.registerCallback(got.append)
+    spin(talker, listener)
+    assert _wait(lambda: raw.get_subscription_count() > 0)
+    img = np.arange(24 * 32 * 3, dtype=np.uint8).reshape(24, 32, 3)
+    raw.publish(numpy_to_image(img, "rgb8"))
+    assert _wait(lambda: len(got) == 1)
+    np.testing.assert_array_equal(image_to_numpy(got[0]), img)
+    assert inp.using == "raw"
+
+    # A publisher on another machine offers handles: they cannot be read here.
+    handles = talker.create_publisher(CompressedImage, f"/auto/cam/image/{SUFFIX}", qos)
+    assert _wait(lambda: inp.using == "shm")  # offered: the plain subscription is dropped
+    h = Handle("mp_shm_elsewhere", 0, 1, "rgb8", 24, 32, 96, 0, "other-host/boot")
+    handles.publish(CompressedImage(format=h.format()))
+    assert _wait(lambda: inp.using == "raw")
+    assert "another host" in errors[0]
+    raw.publish(numpy_to_image(img, "rgb8"))
+    assert _wait(lambda: len(got) == 2)
