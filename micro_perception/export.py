@@ -79,7 +79,7 @@ def export_model(
         raise InputError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _Outputs(net.eval().float())
+    wrapped = _Outputs(net.float()).eval()
     x = example_input(model, size, slices)
     shapes = dynamic_shapes(model) if dynamic else None
     info = {
