@@ -329,6 +329,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conversion_stages(image, seconds: float) -> dict:
+    """sensor_msgs/Image -> array (with the copy a node keeps) and array -> Image, where the
+    ROS message packages are installed."""
+    try:
+        from micro_perception.ros.conversions import image_to_numpy, numpy_to_image
+    except ImportError:
+        return {}
+    import numpy as np
+
+    from micro_perception import bench
+
+    msg = numpy_to_image(image, "rgb8")
+    return {
+        "msg_to_array": bench.timed(lambda: np.array(image_to_numpy(msg)), seconds),
+        "array_to_msg": bench.timed(lambda: numpy_to_image(image, "rgb8"), seconds),
+    }
+
+
 BENCH_PARTS = ("stages", "peers", "networks", "end_to_end", "transport")
 
 
@@ -366,13 +384,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             say(f"rendering a {key} stereo stack of {args.slices} slices ...")
             stacks, pair = bench.bench_frame(size, args.slices)
             if "stages" in parts:
-                out["stages"][key] = bench.bench_stages(
-                    stacks,
-                    pair,
-                    configs[0],
-                    args.seconds,
-                    args.depth_weights,
+                stages = bench.bench_stages(
+                    stacks, pair, configs[0], args.seconds, args.depth_weights
                 )
+                out["stages"][key] = {**_conversion_stages(stacks[0][-1], args.seconds), **stages}
             if "peers" in parts:
                 left = stacks[0][len(stacks[0]) // 2]
                 right = stacks[1][len(stacks[1]) // 2]

@@ -44,7 +44,15 @@ def test_bench_json_has_stages_peers_and_networks(capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     stages = out["stages"]["64x64"]
-    for stage in ("fusion", "depth_net", "segmentation", "stereo_teacher", "geometry"):
+    for stage in (
+        "msg_to_array",
+        "fusion",
+        "depth_net",
+        "segmentation",
+        "stereo_teacher",
+        "geometry",
+        "array_to_msg",
+    ):
         assert stages[stage]["p50"] > 0 and stages[stage]["p95"] >= stages[stage]["p50"]
     assert out["peers"]["sgbm"]["64x64"]["runs"] >= 5
     rows = {(r["network"], r["runtime"]) for r in out["networks"]}

@@ -149,6 +149,15 @@ class DepthPipeline:
             if rt is not None
         }
 
+    def warmup(self, height: int, width: int) -> None:
+        """Run the networks once at this image size (a compile or an engine load happens here,
+        before the first frame, rather than on it)."""
+        blank = np.zeros((height, width, 3), np.uint8)
+        if self.seg is not None:
+            self.segment([blank, blank])
+        if self.net is not None:
+            self.run_net([blank] if self.seg is not None else [blank, blank])
+
     @torch.inference_mode()
     def segment(self, images: list[np.ndarray]) -> np.ndarray:
         """Instrument probability of each RGB image, (N, H, W) float32."""

@@ -22,6 +22,8 @@ Publishes, with the left image's stamp and frame:
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from geometry_msgs.msg import Point, PointStamped
 from rclpy.node import Node
@@ -137,6 +139,13 @@ class DepthNode(Node):
             runtime=runtime_config(p),
             warn=self.get_logger().warning,
         )
+        if p["input_width"] and p["input_height"]:
+            t0 = time.monotonic()
+            self.pipeline.warmup(p["input_height"], p["input_width"])
+            self.get_logger().info(
+                f"warmed up for {p['input_width']}x{p['input_height']} in "
+                f"{time.monotonic() - t0:.1f} s"
+            )
         self.health = Health(self, "depth")
         self.health.values.update(
             {

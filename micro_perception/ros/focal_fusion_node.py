@@ -88,6 +88,14 @@ class FocalFusionNode(Node):
             runtime=runtime_config(p),
             warn=self.get_logger().warning,
         )
+        if p["input_width"] and p["input_height"] and self.fuser.runtime is not None:
+            t0 = time.monotonic()
+            size = (p["slices_per_stack"], p["input_height"], p["input_width"], 3)
+            self.fuser(np.zeros(size, np.uint8))  # compile / load the engine now, not at frame 1
+            self.get_logger().info(
+                f"warmed up for {p['input_width']}x{p['input_height']} in "
+                f"{time.monotonic() - t0:.1f} s"
+            )
         self.health = Health(self, "focal fusion")
         self.health.values.update(
             {"method": p["method"], "device": str(self.fuser.device), **self._runtime()}

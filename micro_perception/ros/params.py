@@ -146,6 +146,18 @@ def runtime_params(what: str) -> list[ParamSpec]:
             "threads", 0, "CPU threads for torch (0 = torch's default)", 0, 256, read_only=True
         ),
         ParamSpec("torch_compile", False, "torch backend through torch.compile", read_only=True),
+        ParamSpec(
+            "input_width",
+            0,
+            "expected image width: networks are compiled and warmed up for it at start "
+            "(0: at the first frame)",
+            0,
+            16384,
+            read_only=True,
+        ),
+        ParamSpec(
+            "input_height", 0, "expected image height (see input_width)", 0, 16384, read_only=True
+        ),
     ]
 
 
