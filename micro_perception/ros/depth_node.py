@@ -22,6 +22,7 @@ Publishes, with the left image's stamp and frame:
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -54,6 +55,7 @@ from micro_perception.ros.qos import alert_qos, image_qos
 from micro_perception.ros.runner import spin_node
 from micro_perception.ros.shm_transport import ImageInput
 from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
+from micro_perception.ros.worker import LatestWorker
 from micro_perception.sim.sequence import LEFT_FRAME
 from micro_perception.tracking import DistanceFilter, FilterConfig, ProximityAlert
 
@@ -125,6 +127,14 @@ PARAMS = [
         read_only=True,
     ),
     ParamSpec("range_max", 0.02, "Range.max_range, m", 1e-3, 1.0, read_only=True),
+    ParamSpec(
+        "queue_policy",
+        "newest",
+        "newest: process the newest pair, drop (and count) pairs that wait behind it; all: "
+        "every pair in order (offline replay), latency grows under overload",
+        choices=("newest", "all"),
+        read_only=True,
+    ),
 ]
 
 
@@ -174,7 +184,18 @@ class DepthNode(Node):
             Subscriber(self, CameraInfo, "right/camera_info", qos_profile=qos),
         ]
         self.sync = ApproximateTimeSynchronizer(subs, p["sync_queue"], p["sync_slop"])
-        self.sync.registerCallback(self._on_pair)
+        self._lock = threading.Lock()  # filter and alert: worker thread vs. executor
+        self.worker = None
+        if p["queue_policy"] == "newest":
+            self.worker = LatestWorker(
+                self._on_pair,
+                "depth_node.worker",
+                on_drop=lambda: self.health.count("superseded"),
+                on_error=self._worker_error,
+            )
+            self.sync.registerCallback(self.worker.submit)
+        else:
+            self.sync.registerCallback(self._on_pair)
         self.pub_depth = self.create_publisher(Image, "depth/image", qos)
         self.pub_info = self.create_publisher(CameraInfo, "depth/camera_info", qos)
         self.pub_points = self.create_publisher(PointCloud2, "depth/points", qos)
@@ -193,6 +214,14 @@ class DepthNode(Node):
     def _transport_error(self, text: str) -> None:
         self.health.problem("transport", text)
 
+    def _worker_error(self, exc: BaseException) -> None:
+        self.health.problem("error", f"pair failed: {type(exc).__name__}: {exc}")
+
+    def destroy_node(self):
+        if self.worker is not None:
+            self.worker.stop()
+        return super().destroy_node()
+
     def _filter_config(self) -> FilterConfig:
         p = self.params
         return FilterConfig(
@@ -203,6 +232,10 @@ class DepthNode(Node):
         )
 
     def _on_params(self, params) -> None:
+        with self._lock:
+            self._apply_params(params)
+
+    def _apply_params(self, params) -> None:
         names = {q.name for q in params}
         if names & {"alert_distance", "alert_hysteresis"}:
             self.alert.threshold = self.params["alert_distance"]
@@ -225,7 +258,8 @@ class DepthNode(Node):
         stamp_ns = left.header.stamp.sec * 1_000_000_000 + left.header.stamp.nanosec
         if self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns:
             self.get_logger().info("stamps went backwards (a looping bag?): filter reset")
-            self.filter.reset()
+            with self._lock:
+                self.filter.reset()
         self.last_stamp_ns = stamp_ns
         try:
             pair = camera_infos_to_stereo(left_info, right_info)
@@ -239,7 +273,8 @@ class DepthNode(Node):
         except InputError as exc:
             self.health.problem("bad_input", f"stereo pair dropped: {exc}")
             return
-        self._publish(left, left_info, images[0], pair, result, stamp_ns * 1e-9)
+        with self._lock:
+            self._publish(left, left_info, images[0], pair, result, stamp_ns * 1e-9)
 
     # --- output ----------------------------------------------------------------------------
 
