@@ -25,7 +25,7 @@ def test_newest_input_wins_while_busy_and_the_rest_are_counted():
     w = LatestWorker(slow, "test", on_drop=lambda: drops.append(1))
     try:
         w.submit(0)
-        assert _wait(lambda: not w.idle() and w._item is None)  # 0 is being processed
+        assert _wait(lambda: not w.idle() and w.waiting() == 0)  # 0 is being processed
         for i in range(1, 6):  # arrive while 0 is processed: only the newest survives
             w.submit(i)
         release.set()
@@ -53,3 +53,26 @@ def test_an_error_in_one_input_is_reported_and_processing_goes_on():
     finally:
         w.stop()
     assert not w._thread.is_alive()
+
+
+def test_each_stream_keeps_its_newest_input():
+    release = threading.Event()
+    done = []
+
+    def slow(eye, i):
+        if i == 0:
+            release.wait(5)
+        done.append((eye, i))
+
+    w = LatestWorker(slow, "test")
+    try:
+        w.submit("left", 0, key="left")
+        assert _wait(lambda: not w.idle() and w.waiting() == 0)
+        for i in (1, 2):
+            w.submit("left", i, key="left")
+            w.submit("right", i, key="right")
+        release.set()
+        assert _wait(w.idle)
+        assert done == [("left", 0), ("left", 2), ("right", 2)] and w.dropped == 2
+    finally:
+        w.stop()

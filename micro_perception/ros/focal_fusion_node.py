@@ -37,6 +37,7 @@ from micro_perception.ros.params import (
 from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import spin_node
 from micro_perception.ros.shm_transport import ImageInput, ImagePublisher
+from micro_perception.ros.worker import LatestWorker
 
 EYES = ("left", "right")
 MONO = ("mono8", "8UC1", "mono16", "16UC1")
@@ -68,6 +69,14 @@ PARAMS = [
     ),
     ParamSpec("focus_wait", 0.5, "how long a slice waits for its focus position, s", 0.0, 10.0),
     ParamSpec("publish_focus_depth", True, "publish left/fused/focus_depth"),
+    ParamSpec(
+        "queue_policy",
+        "newest",
+        "newest: fuse the newest complete stack of each eye on a worker thread, drop (and "
+        "count) stacks that wait behind it; all: every stack in order, in the callback",
+        choices=("newest", "all"),
+        read_only=True,
+    ),
     ParamSpec(
         "min_focus_confidence",
         0.5,
@@ -108,6 +117,16 @@ class FocalFusionNode(Node):
         self.matchers = {e: self._matcher() for e in EYES}
         self.info: dict[str, CameraInfo] = {}
         self.pub_image, self.pub_info, self.inputs = {}, {}, {}
+        self.worker = None
+        if p["queue_policy"] == "newest":
+            self.worker = LatestWorker(
+                self._fuse,
+                "focal_fusion_node.worker",
+                on_drop=lambda: self.health.count("superseded_stacks"),
+                on_error=lambda exc: self.health.problem(
+                    "error", f"stack failed: {type(exc).__name__}: {exc}"
+                ),
+            )
         for eye in EYES:
             self.inputs[eye] = ImageInput(
                 self, f"{eye}/image_raw", qos, p["image_transport"], self._transport_error
@@ -126,6 +145,11 @@ class FocalFusionNode(Node):
             + (f" ({self.fuser.weights})" if self.fuser.weights else "")
             + (f", runtime {self._runtime()}" if self.fuser.runtime else "")
         )
+
+    def destroy_node(self):
+        if self.worker is not None:
+            self.worker.stop()
+        return super().destroy_node()
 
     def _transport_error(self, text: str) -> None:
         self.health.problem("transport", text)
@@ -181,7 +205,10 @@ class FocalFusionNode(Node):
             else:
                 self.health.problem("dropped_stacks", f"{eye}: {note}")
         if stack is not None:
-            self._fuse(eye, stack)
+            if self.worker is not None:
+                self.worker.submit(eye, stack, key=eye)
+            else:
+                self._fuse(eye, stack)
 
     def _fuse(self, eye: str, stack) -> None:
         last = stack.slices[-1]

@@ -2,7 +2,8 @@
 
 A node's subscription callbacks hand each input to :class:`LatestWorker` and return at once. The
 worker processes one input at a time; an input that arrives while it is busy replaces the one
-waiting, and the replaced one is counted as dropped. Under overload the latency stays bounded by
+waiting with the same key (one per stream, e.g. per eye), and the replaced one is counted as
+dropped. Under overload the latency stays bounded by
 about two processing times instead of growing with the queues in front of the node, and the
 newest frames are the ones processed.
 """
@@ -23,34 +24,38 @@ class LatestWorker:
     ):
         self.fn, self.on_drop, self.on_error = fn, on_drop, on_error
         self.dropped = self.processed = 0
-        self._item: tuple | None = None
+        self._items: dict = {}  # key -> the newest waiting input of that stream
         self._cond = threading.Condition()
         self._stop = False
         self._busy = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, *item) -> None:
+    def submit(self, *item, key=None) -> None:
         with self._cond:
-            if self._item is not None:
+            if self._items.pop(key, None) is not None:
                 self.dropped += 1
                 if self.on_drop is not None:
                     self.on_drop()
-            self._item = item
+            self._items[key] = item
             self._cond.notify()
+
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._items)
 
     def idle(self) -> bool:
         with self._cond:
-            return self._item is None and not self._busy
+            return not self._items and not self._busy
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._item is None and not self._stop:
+                while not self._items and not self._stop:
                     self._cond.wait()
                 if self._stop:
                     return
-                item, self._item = self._item, None
+                item = self._items.pop(next(iter(self._items)))  # the oldest stream first
                 self._busy = True
             try:
                 self.fn(*item)
