@@ -347,6 +347,68 @@ def _conversion_stages(image, seconds: float) -> dict:
     }
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Write the parameter file of the pipeline's nodes (every parameter at its default)."""
+    from micro_perception.ros.config import render_yaml
+
+    text = render_yaml()
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        from pathlib import Path
+
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The pipeline's nodes in this process (a multi-threaded executor), with a parameter file:
+    what ros2 launch starts, for machines without a ROS distro."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from micro_perception.resources import config_file, use_large_image_transport
+    from micro_perception.ros.chain import FUSED
+    from micro_perception.ros.config import load_params
+    from micro_perception.ros.depth_node import DepthNode
+    from micro_perception.ros.focal_fusion_node import FocalFusionNode
+    from micro_perception.ros.sim_microscope_node import SimMicroscopeNode
+
+    use_large_image_transport()
+    params_file = args.params or str(config_file("micro_perception.yaml"))
+    ns = args.namespace
+    raw = ["--ros-args", "-r", "left/image:=left/image_raw", "-r", "right/image:=right/image_raw"]
+    plan = [(SimMicroscopeNode, "sim_microscope_node", None)] if args.sim else []
+    if not args.no_fusion:
+        plan.append((FocalFusionNode, "focal_fusion_node", None))
+    plan.append((DepthNode, "depth_node", raw if args.no_fusion else FUSED))
+    rclpy.init(args=["--ros-args", "-p", f"use_sim_time:={str(args.use_sim_time).lower()}"])
+    nodes = []
+    try:
+        for cls, name, cli_args in plan:
+            values = load_params(params_file, name, ns)
+            values["use_sim_time"] = args.use_sim_time
+            overrides = [Parameter(k, value=v) for k, v in values.items()]
+            nodes.append(cls(namespace=ns, parameter_overrides=overrides, cli_args=cli_args))
+        executor = MultiThreadedExecutor()
+        for node in nodes:
+            executor.add_node(node)  # each node keeps its own callback group
+        nodes[-1].get_logger().info(
+            f"running {', '.join(name for _, name, _ in plan)} in /{ns.strip('/')} "
+            f"with {params_file}; Ctrl-C stops"
+        )
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
 BENCH_PARTS = ("stages", "peers", "networks", "end_to_end", "transport")
 
 
@@ -1408,6 +1470,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focus", nargs="+", type=float, help="focal distance of each slice")
     p.add_argument("--min-confidence", type=float, default=0.5)
     p.set_defaults(func=cmd_fuse)
+    p = sub.add_parser("config", help=cmd_config.__doc__)
+    p.add_argument("--out", default="-", help="file to write ('-': standard output)")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("run", help=cmd_run.__doc__)
+    p.add_argument(
+        "--params", help="ROS parameter file (default: the installed config/micro_perception.yaml)"
+    )
+    p.add_argument("--sim", action="store_true", help="also run the virtual microscope")
+    p.add_argument("--namespace", default="microscope")
+    p.add_argument("--no-fusion", action="store_true", help="depth_node reads image_raw directly")
+    p.add_argument("--use-sim-time", action="store_true", help="follow /clock (a bag replay)")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     _add_transport_args(p, frames=100, size=(1080, 1920))
     p.add_argument("--out", default="demo_out", help="folder for the demo's files")

@@ -1,0 +1,157 @@
+"""Bringup: the parameter file, and ``micro-perception run`` as a process of its own."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from rclpy.node import Node
+from sensor_msgs.msg import Range
+
+from micro_perception.ros.config import load_params, node_params, render_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_parameter_file_is_every_declared_parameter_at_its_default():
+    path = ROOT / "config" / "micro_perception.yaml"
+    assert path.read_text() == render_yaml(), "run: micro-perception config --out " + str(path)
+    for node, specs in node_params().items():
+        values = load_params(path, node, "microscope")
+        assert set(values) == {s.name for s in specs}
+        for spec in specs:
+            assert spec.check(values[spec.name]) is None, spec.name
+            assert values[spec.name] == spec.default and type(values[spec.name]) is type(
+                spec.default
+            ), spec.name
+
+
+def test_more_specific_keys_win(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "/**": {"ros__parameters": {"device": "cpu", "threads": 1}},
+                "/**/depth_node": {"ros__parameters": {"threads": 2}},
+                "/robot/depth_node": {"ros__parameters": {"threads": 3}},
+            }
+        )
+    )
+    assert load_params(path, "depth_node", "robot") == {"device": "cpu", "threads": 3}
+    assert load_params(path, "depth_node", "other") == {"device": "cpu", "threads": 2}
+    assert load_params(path, "focal_fusion_node") == {"device": "cpu", "threads": 1}
+
+
+def test_run_starts_the_pipeline_in_one_process_and_stops_on_ctrl_c(
+    ros_context, spin, tmp_path, sequence_cache
+):
+    params = yaml.safe_load((ROOT / "config" / "micro_perception.yaml").read_text())
+    sim = params["/**/sim_microscope_node"]["ros__parameters"]
+    sim.update(width=128, height=128, slices=3, poses=2, sweep_rate=2.0)
+    sim["cache_dir"] = str(sequence_cache)
+    params["/**/focal_fusion_node"]["ros__parameters"]["slices_per_stack"] = 3
+    for node in ("focal_fusion_node", "depth_node"):
+        params[f"/**/{node}"]["ros__parameters"]["device"] = "cpu"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "micro_perception.cli",
+            "run",
+            "--sim",
+            "--params",
+            str(path),
+            "--namespace",
+            "bringup",
+        ],
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+    try:
+        listener = Node("bringup_listener", context=ros_context, namespace="/bringup")
+        got = []
+        listener.create_subscription(Range, "instrument/retina_distance", got.append, 10)
+        spin(listener)
+        deadline = time.monotonic() + 90
+        while len(got) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, f"run exited with {proc.returncode}"
+        assert len(got) >= 2
+        assert got[-1].header.frame_id == "microscope_left_optical_frame"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = "killed"
+    assert rc == 0
+
+
+def _launch_facts(path: Path):
+    """(executables of package micro_perception, other packages' executables, share files) a
+    launch file names."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    ours, others, files = set(), set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Node":
+            kw = {k.arg: k.value for k in node.keywords}
+            pkg = kw["package"].value
+            exe = kw["executable"].value
+            (ours if pkg == "micro_perception" else others).add(exe)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "join":
+            parts = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            if parts and parts[0] in ("config", "launch", "models"):
+                files.add("/".join(parts))
+    return ours, others, files
+
+
+def test_launch_files_name_installed_executables_and_files():
+    import setuptools
+
+    captured = {}
+    real = setuptools.setup
+    setuptools.setup = lambda **kw: captured.update(kw)
+    try:
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        exec(compile((ROOT / "setup.py").read_text(), "setup.py", "exec"), {"__name__": "x"})
+    finally:
+        os.chdir(cwd)
+        setuptools.setup = real
+    scripts = {e.split("=")[0].strip() for e in captured["entry_points"]["console_scripts"]}
+    installed = {f for _, fs in captured["data_files"] for f in fs}
+    launch_files = sorted((ROOT / "launch").glob("*.launch.py"))
+    assert {p.name for p in launch_files} >= {"micro_perception.launch.py", "sim.launch.py"}
+    seen = set()
+    for path in launch_files:
+        ours, others, files = _launch_facts(path)
+        assert ours <= scripts, f"{path.name} runs {ours - scripts}, not console_scripts"
+        assert others <= {"rviz2"}, others
+        for f in files:
+            assert f in installed, f"{path.name} names {f}, which setup.py does not install"
+        assert f"launch/{path.name}" in installed
+        seen |= ours
+    assert {"focal_fusion_node", "depth_node", "sim_microscope_node"} <= seen
+
+
+def test_rviz_config_shows_the_pipeline_in_the_left_optical_frame():
+    doc = yaml.safe_load((ROOT / "config" / "micro_perception.rviz").read_text())
+    manager = doc["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "microscope_left_optical_frame"
+    topics = {d["Topic"]["Value"] for d in manager["Displays"] if "Topic" in d}
+    assert {
+        "/microscope/left/image_raw",
+        "/microscope/left/fused/image",
+        "/microscope/depth/image",
+        "/microscope/depth/points",
+        "/microscope/instrument/markers",
+    } <= topics
