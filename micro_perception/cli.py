@@ -409,6 +409,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Play a rosbag2 (mcap or sqlite3) onto the live graph with its original stamps."""
+    import threading
+    import time
+
+    import rclpy
+
+    from micro_perception.resources import use_large_image_transport
+    from micro_perception.ros.replay import BagPlayer
+
+    use_large_image_transport()
+    rclpy.init()
+    stop = threading.Event()
+    player = None
+    try:
+        player = BagPlayer(args.bag, args.rate, args.loop, args.clock, args.topics)
+        log = player.get_logger()
+        log.info(
+            f"playing {args.bag} at x{args.rate}"
+            + (" in a loop" if args.loop else "")
+            + (", publishing /clock" if args.clock else "")
+        )
+        time.sleep(args.delay)  # let subscribers discover the publishers first
+        if args.wait_for_subscribers and not player.wait_for_subscribers(
+            args.wait_for_subscribers
+        ):
+            log.warning(f"not every topic has {args.wait_for_subscribers} subscribers; playing")
+        report = player.play(stop)
+        log.info(f"published {sum(report['published'].values())} messages: {report}")
+        if args.json:
+            print(json.dumps(report, indent=2))
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        if player is not None:
+            player.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
 BENCH_PARTS = ("stages", "peers", "networks", "end_to_end", "transport")
 
 
@@ -1483,6 +1523,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fusion", action="store_true", help="depth_node reads image_raw directly")
     p.add_argument("--use-sim-time", action="store_true", help="follow /clock (a bag replay)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("replay", help=cmd_replay.__doc__)
+    p.add_argument("bag", help="rosbag2 folder (or .mcap / .db3 file)")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    p.add_argument("--loop", action="store_true", help="play again from the start, forever")
+    p.add_argument("--clock", action="store_true", help="publish /clock with the bag's time")
+    p.add_argument("--topics", nargs="+", help="play only these topics")
+    p.add_argument("--delay", type=float, default=0.5, help="seconds to wait before playing")
+    p.add_argument(
+        "--wait-for-subscribers",
+        type=int,
+        default=0,
+        help="then wait (up to 30 s) until every played topic has this many subscribers",
+    )
+    p.add_argument("--json", action="store_true", help="print what was published")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
     _add_transport_args(p, frames=100, size=(1080, 1920))
