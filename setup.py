@@ -64,6 +64,7 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            "colcon-common-extensions>=0.3",  # the colcon build test
         ],
     },
     zip_safe=True,

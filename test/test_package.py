@@ -54,53 +54,57 @@ def test_every_node_module_has_a_console_script_with_main():
         assert callable(scripts[stem].load())
 
 
-def test_colcon_style_install_layout(tmp_path):
-    """Install as colcon's ament_python build does and find the package through the index."""
-    src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "install"))
-    build, prefix = tmp_path / "build", tmp_path / "install"
-    build.mkdir()
-    cmd = [
-        sys.executable,
-        "setup.py",
-        "-q",
-        "egg_info",
-        "--egg-base",
-        str(build),
-        "build",
-        "--build-base",
-        str(build / "build"),
-        "install",
-        "--prefix",
-        str(prefix),
-        "--record",
-        str(build / "record.txt"),
-        "--single-version-externally-managed",
-        "install_data",
-    ]
-    done = subprocess.run(cmd, cwd=src, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-
+def test_colcon_build_gives_the_layout_a_robot_relies_on(tmp_path):
+    """colcon build (colcon-common-extensions from PyPI) in a fresh workspace, then the package
+    found through the ament index after sourcing the workspace, as on a robot."""
+    colcon = Path(sys.executable).parent / "colcon"
+    assert colcon.exists(), "colcon-common-extensions is a test dependency"
+    src = tmp_path / "src" / PACKAGE
+    skip = (".venv", ".git", "build", "install", "log", "demo_out", "*.egg-info", ".whl*")
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*skip))
+    done = subprocess.run(
+        [str(colcon), "build", "--base-paths", "src", "--event-handlers", "console_direct-"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    prefix = tmp_path / "install" / PACKAGE
     lib = prefix / "lib" / PACKAGE
-    for exe in ("micro-perception", "stereo_pattern_node", "stereo_check_node"):
+    for exe in (
+        "micro-perception",
+        "sim_microscope_node",
+        "focal_fusion_node",
+        "depth_node",
+        "stereo_pattern_node",
+        "stereo_check_node",
+    ):
         assert os.access(lib / exe, os.X_OK), f"{exe} is not installed under lib/{PACKAGE}"
     share = prefix / "share" / PACKAGE
-    assert (share / "package.xml").is_file()
-    assert (share / "config" / "fastdds_large_images.xml").is_file()
-    for folder in ("launch", "models"):
-        assert (share / folder).is_dir()
+    for f in (
+        "package.xml",
+        "launch/micro_perception.launch.py",
+        "launch/sim.launch.py",
+        "config/micro_perception.yaml",
+        "config/micro_perception.rviz",
+        "config/fastdds_large_images.xml",
+        "models/fusion.pt",
+        "models/segmentation.pt",
+    ):
+        assert (share / f).is_file(), f"share/{PACKAGE}/{f} is missing"
     assert (prefix / "share/ament_index/resource_index/packages" / PACKAGE).is_file()
 
     site = next((prefix / "lib").glob("python3*/site-packages"))
-    env = dict(os.environ, AMENT_PREFIX_PATH=str(prefix), PYTHONPATH=str(site))
     probe = (
         "import micro_perception.resources as r; "
         "from ament_index_python.packages import get_package_share_directory as g; "
         "print(g('micro_perception')); print(r.share_dir()); print(r.__file__)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=env,
+        ["bash", "-c", f'source install/setup.bash && {sys.executable} -c "{probe}"'],
+        env={k: v for k, v in os.environ.items() if k not in ("AMENT_PREFIX_PATH", "PYTHONPATH")},
         cwd=tmp_path,
         capture_output=True,
         text=True,
