@@ -65,6 +65,8 @@ setup(
             "hypothesis>=6.100",
             "ruff>=0.6",
             "colcon-common-extensions>=0.3",  # the colcon build test
+            "mcap>=1.1",  # reading the demo's bags back with an independent reader
+            "mcap-ros2-support>=0.5",
         ],
     },
     zip_safe=True,

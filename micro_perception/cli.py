@@ -152,94 +152,41 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job; today the longest real path: the virtual microscope into a rosbag2, and
-    camera-sized stereo pairs through DDS."""
-    import shutil
-    import time
-    from pathlib import Path
+    """The main job: a virtual-microscope rosbag replayed through the nodes over DDS, the
+    outputs recorded to a rosbag and scored against ground truth."""
+    import subprocess
 
-    import cv2
-
-    from micro_perception.ros.bag import write_sequence_bag
-    from micro_perception.sim.preview import sample_montage
-    from micro_perception.sim.render import render_sample
-    from micro_perception.sim.scene import make_scene
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"micro_perception demo -> {out}/")
-    print(
-        "1/3 virtual stereo microscope: render a needle approaching the retina, write it as a "
-        "rosbag2 and read it back as ROS messages"
-    )
-    seq_args = argparse.Namespace(
-        seed=0,
-        size=[512, 512],
-        slices=8,
-        poses=16,
-        instrument="needle",
-        sweep_rate=2.0,
-        period=10.0,
-    )
-    player = _sequence_player(seq_args, quiet=False)
-    bag = out / "sim_bag"
-    if bag.exists():
-        shutil.rmtree(bag)
-    counts = write_sequence_bag(player, bag, 10.0, int(time.time() * 1e9))
-    checked = _check_bag(bag)
-    optics = player.sequence.optics
-    sample = render_sample(make_scene(3, optics), optics)
-    cv2.imwrite(str(out / "sim_sample.png"), sample_montage(sample)[..., ::-1])
-    print(
-        f"  bag {bag}: {sum(counts.values())} messages on {len(counts)} topics, "
-        f"{checked} deserialised by rclpy with matching stamps"
-    )
-    print(f"  sample montage: {out / 'sim_sample.png'}")
-
-    from micro_perception.fusion.fuser import default_fusion_weights
     from micro_perception.resources import use_large_image_transport
-    from micro_perception.ros.fusion_demo import run_fusion_demo
+    from micro_perception.ros.demo import DemoConfig, run_demo, summary_table
 
     use_large_image_transport()
-    method = "net" if default_fusion_weights() else "guided"
-    print(
-        f"2/3 live fusion over DDS: sim_microscope_node and focal_fusion_node ({method}) in "
-        "processes of their own, every fused image scored against ground truth ...",
-        flush=True,
+    cfg = DemoConfig(
+        out=args.out,
+        seconds=args.seconds,
+        size=tuple(args.size),
+        slices=args.slices,
+        rate=args.rate,
+        device=args.device,
+        instrument=args.instrument,
     )
-    fusion = run_fusion_demo(out, method)
+    print(f"micro_perception demo -> {cfg.out}/", flush=True)
+
+    def say(text, end="\n"):
+        print(text, end=end, flush=True)
+
+    try:
+        metrics = run_demo(cfg, say)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    print("5/5 summary")
+    print(summary_table(metrics))
     print(
-        f"  {fusion['stacks']} stacks fused, SSIM {fusion['ssim']:.4f}, PSNR "
-        f"{fusion['psnr']:.2f} dB vs ground truth; latency p50 "
-        f"{fusion['latency_ms_p50']:.0f} ms, p95 {fusion['latency_ms_p95']:.0f} ms "
-        "(now - stamp of the stack's last slice)"
+        f"files: {cfg.out}/montage.png, {cfg.out}/distance.png, {cfg.out}/metrics.json, "
+        f"{cfg.out}/output_bag (ros2 bag play {cfg.out}/output_bag); took "
+        f"{metrics['seconds']:.0f} s"
     )
-    print(f"  fused | ground truth | 4x difference: {fusion.get('montage')}")
-    print("3/3 stereo camera transport: pattern publisher -> DDS -> synchroniser -> numpy")
-    return _transport_check(args)
-
-
-def _check_bag(bag) -> int:
-    """Read every message of a bag back through rclpy; return how many were checked."""
-    from rclpy.serialization import deserialize_message
-    from rosbags.rosbag2 import Reader
-    from sensor_msgs.msg import CameraInfo, Image, JointState, Range
-
-    types = {
-        "sensor_msgs/msg/Image": Image,
-        "sensor_msgs/msg/CameraInfo": CameraInfo,
-        "sensor_msgs/msg/JointState": JointState,
-        "sensor_msgs/msg/Range": Range,
-    }
-    n = 0
-    with Reader(bag) as reader:
-        for conn, t, raw in reader.messages():
-            msg = deserialize_message(bytes(raw), types[conn.msgtype])
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            if stamp != t:
-                raise RuntimeError(f"{conn.topic}: header stamp {stamp} != bag time {t}")
-            n += 1
-    return n
+    return 0
 
 
 def _sim_spec(args: argparse.Namespace):
@@ -384,7 +331,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_fusion:
         plan.append((FocalFusionNode, "focal_fusion_node", None))
     plan.append((DepthNode, "depth_node", raw if args.no_fusion else FUSED))
-    rclpy.init(args=["--ros-args", "-p", f"use_sim_time:={str(args.use_sim_time).lower()}"])
+    # Our own SIGINT/SIGTERM handling: a stop flag the spin loop checks, so Ctrl-C stops cleanly
+    # whatever the executor is waiting on (with sim time and no /clock, rclpy's own handler
+    # did not wake it).
+    import signal
+    import threading
+
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = threading.Event()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     nodes = []
     try:
         for cls, name, cli_args in plan:
@@ -399,7 +357,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"running {', '.join(name for _, name, _ in plan)} in /{ns.strip('/')} "
             f"with {params_file}; Ctrl-C stops"
         )
-        executor.spin()
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -1541,8 +1500,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__)
-    _add_transport_args(p, frames=100, size=(1080, 1920))
     p.add_argument("--out", default="demo_out", help="folder for the demo's files")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the input bag")
+    p.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--slices", type=int, default=8)
+    p.add_argument("--rate", type=float, default=0.5, help="replay speed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--instrument", default="needle")
     p.set_defaults(func=cmd_demo)
     return parser
 
