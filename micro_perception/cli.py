@@ -408,6 +408,66 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    """Minutes of the virtual microscope at full rate through the node processes: RSS and latency
+    at the start and the end, frames in and out. Exit 1 when a node's RSS grew by more than
+    --max-growth percent."""
+    from micro_perception.resources import use_large_image_transport
+    from micro_perception.ros.bench_dds import run_end_to_end
+
+    use_large_image_transport()
+    seconds = args.minutes * 60
+    window = min(args.window, seconds / 3)
+    if not args.json:
+        print(
+            f"soak: {args.minutes:g} min of {args.size[0]}x{args.size[1]} sweeps at "
+            f"{args.sweep_rate:g} Hz through sim -> focal_fusion_node -> depth_node ...",
+            flush=True,
+        )
+    r = run_end_to_end(
+        tuple(args.size),
+        seconds,
+        args.slices,
+        args.sweep_rate,
+        {"device": args.device},
+        warmup_s=args.warmup,
+        soak_window_s=window,
+    )
+    soak = r["soak"]
+    worst = max(soak["rss_growth_pct"].values(), default=0.0)
+    out = {
+        "minutes": args.minutes,
+        "size": r["size"],
+        "sweeps_in": r["sweeps_in"],
+        "distances_out": r["distances_out"],
+        "dropped": r["dropped"],
+        "rate_hz": r["rate_hz"],
+        **soak,
+        "max_rss_growth_pct": worst,
+        "ok": worst <= args.max_growth,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for name in soak["rss_start_mb"]:
+            print(
+                f"  {name:<20} RSS {soak['rss_start_mb'][name]:.0f} -> "
+                f"{soak['rss_end_mb'][name]:.0f} MB ({soak['rss_growth_pct'].get(name, 0):+.1f} %)"
+            )
+        for key in ("latency_first_ms", "latency_last_ms"):
+            lat = soak[key] or {}
+            print(
+                f"  {key.replace('_', ' ')}: p50 {lat.get('p50', float('nan')):.0f}, "
+                f"p95 {lat.get('p95', float('nan')):.0f} ms"
+            )
+        print(
+            f"  sweeps in {r['sweeps_in']:.0f}, distances out {r['distances_out']}, "
+            f"{r['dropped']} dropped; worst RSS growth {worst:+.1f} % "
+            f"({'ok' if out['ok'] else 'over'} {args.max_growth:g} %)"
+        )
+    return 0 if out["ok"] else 1
+
+
 BENCH_PARTS = ("stages", "peers", "networks", "end_to_end", "transport")
 
 
@@ -1469,6 +1529,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focus", nargs="+", type=float, help="focal distance of each slice")
     p.add_argument("--min-confidence", type=float, default=0.5)
     p.set_defaults(func=cmd_fuse)
+    p = sub.add_parser("soak", help=cmd_soak.__doc__)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--slices", type=int, default=8)
+    p.add_argument("--sweep-rate", type=float, default=2.0, help="sweeps per second")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--window", type=float, default=60.0, help="seconds at start and end")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds before the start")
+    p.add_argument("--max-growth", type=float, default=5.0, help="RSS growth allowed, %%")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_soak)
+
     p = sub.add_parser("config", help=cmd_config.__doc__)
     p.add_argument("--out", default="-", help="file to write ('-': standard output)")
     p.set_defaults(func=cmd_config)

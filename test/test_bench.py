@@ -97,3 +97,33 @@ def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
     t = out["transport"]
     assert t["between_processes"]["received"] == 8 == t["in_process"]["received"]
     assert t["ms"]["p50"] > 0 and t["memcpy_ms"]["p50"] >= 0
+
+
+def test_soak_short_form_reports_rss_and_latency_at_start_and_end(capsys):
+    rc = main(
+        [
+            "soak",
+            "--json",
+            "--minutes",
+            "0.25",
+            "--size",
+            "96",
+            "96",
+            "--slices",
+            "3",
+            "--device",
+            "cpu",
+            "--warmup",
+            "2",
+            "--window",
+            "5",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert rc == (0 if out["ok"] else 1)
+    assert set(out["rss_start_mb"]) == {"sim_microscope_node", "focal_fusion_node", "depth_node"}
+    assert all(v > 50 for v in out["rss_end_mb"].values())
+    # A quarter of a minute cannot show a slow leak, but a fast one shows.
+    assert out["max_rss_growth_pct"] < 25
+    assert out["latency_first_ms"]["p95"] > 0 and out["latency_last_ms"]["p95"] > 0
+    assert out["distances_out"] > 0 and out["sweeps_in"] > 0

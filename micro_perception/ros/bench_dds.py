@@ -40,6 +40,18 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def rss_mb(pid: int) -> float | None:
+    """A process's current resident set (VmRSS), MB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
 def run_end_to_end(
     size: tuple[int, int],
     seconds: float = 20.0,
@@ -50,6 +62,7 @@ def run_end_to_end(
     warmup_s: float = 3.0,
     namespace: str = "/bench",
     cache_dir: str = "",
+    soak_window_s: float = 0.0,
 ) -> dict:
     """Run the three node processes; measure for ``seconds``, ``warmup_s`` after the first
     distance arrives."""
@@ -106,9 +119,15 @@ def run_end_to_end(
             time.sleep(0.1)
         time.sleep(warmup_s)  # frames queued during the start drain first
         t_start = time.time()
-        time.sleep(seconds)
+        rss_start = {name: rss_mb(p.pid) for name, p in procs.items()}
+        while time.time() < t_start + seconds:
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited during the run")
+            time.sleep(min(1.0, t_start + seconds - time.time() + 0.01))
         t_end = time.time()
         rss = {name: peak_rss_mb(p.pid) for name, p in procs.items()}
+        rss_end = {name: rss_mb(p.pid) for name, p in procs.items()}
     finally:
         for p in procs.values():
             stop_process(p)
@@ -133,6 +152,35 @@ def run_end_to_end(
         "known": int(sum(np.isfinite(r[2]) for r in window)),
         "rss_mb": rss,
         "runtime": runtime or {},
+        **(
+            _soak(window, t_start, t_end, soak_window_s, rss_start, rss_end)
+            if soak_window_s
+            else {}
+        ),
+    }
+
+
+def _soak(window, t_start, t_end, span, rss_start, rss_end) -> dict:
+    """RSS at the start and end of the run and latency in its first and last ``span`` seconds."""
+
+    def lat(lo, hi):
+        ms = [(a - s) * 1e3 for a, s, _ in window if lo <= a < hi]
+        return summary_ms(ms) if ms else None
+
+    growth = {
+        name: (rss_end[name] - rss_start[name]) / rss_start[name] * 100
+        for name in rss_start
+        if rss_start[name] and rss_end.get(name)
+    }
+    return {
+        "soak": {
+            "rss_start_mb": rss_start,
+            "rss_end_mb": rss_end,
+            "rss_growth_pct": growth,
+            "latency_first_ms": lat(t_start, t_start + span),
+            "latency_last_ms": lat(t_end - span, t_end),
+            "window_s": span,
+        }
     }
 
 
