@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
@@ -22,8 +23,14 @@ def spin_node(
             node = make_node()
             try:
                 rclpy.spin(node)
+            except RCLError:
+                # A callback publishing while Ctrl-C shuts the context down; anything else is
+                # a real error.
+                if rclpy.ok():
+                    raise
             finally:
                 if on_exit is not None:
                     on_exit(node)
+                node.destroy_node()  # stops worker threads before the context goes
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
