@@ -155,3 +155,41 @@ def test_rviz_config_shows_the_pipeline_in_the_left_optical_frame():
         "/microscope/depth/points",
         "/microscope/instrument/markers",
     } <= topics
+
+
+def test_node_refuses_bad_weights_with_one_line_naming_the_file(tmp_path):
+    """Missing, truncated, not a weights dict, another network's: exit 1, the file named."""
+    import torch
+
+    shipped = ROOT / "models" / "segmentation.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(shipped.read_bytes()[:2000])
+    not_weights = tmp_path / "list.pt"
+    torch.save([1, 2, 3], not_weights)
+    cases = {
+        tmp_path / "missing.pt": "not found",
+        truncated: "cannot be read safely",
+        not_weights: "is not a micro_perception weights file",
+        ROOT / "models" / "fusion.pt": "holds 'fusion' weights, expected 'segmentation'",
+    }
+    for path, expected in cases.items():
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "micro_perception.ros.depth_node",
+                "--ros-args",
+                "-p",
+                f"seg_weights:={path}",
+                "-p",
+                "device:=cpu",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 1, (path, out.stderr[-500:])
+        fatal = [line for line in out.stderr.splitlines() if "FATAL" in line]
+        assert len(fatal) == 1 and str(path) in fatal[0] and expected in fatal[0], out.stderr
+        assert "Traceback" not in out.stderr

@@ -218,8 +218,9 @@ class DepthNode(Node):
         self.health.problem("error", f"pair failed: {type(exc).__name__}: {exc}")
 
     def destroy_node(self):
-        if self.worker is not None:
-            self.worker.stop()
+        worker = getattr(self, "worker", None)  # absent when construction failed
+        if worker is not None:
+            worker.stop()
         return super().destroy_node()
 
     def _filter_config(self) -> FilterConfig:

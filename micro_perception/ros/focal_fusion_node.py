@@ -147,8 +147,9 @@ class FocalFusionNode(Node):
         )
 
     def destroy_node(self):
-        if self.worker is not None:
-            self.worker.stop()
+        worker = getattr(self, "worker", None)  # absent when construction failed
+        if worker is not None:
+            worker.stop()
         return super().destroy_node()
 
     def _transport_error(self, text: str) -> None:

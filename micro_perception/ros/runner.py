@@ -9,6 +9,8 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from micro_perception.errors import InputError
+
 
 def log_report(node: Node) -> None:
     """An ``on_exit`` for nodes with a ``report()``: their final figures in the log."""
@@ -20,7 +22,14 @@ def spin_node(
 ) -> None:
     try:
         with rclpy.init(args=args):
-            node = make_node()
+            try:
+                node = make_node()
+            except InputError as exc:
+                # A bad parameter or weights file: one line naming it, no traceback.
+                rclpy.logging.get_logger(getattr(make_node, "__name__", "node")).fatal(
+                    f"cannot start: {exc}"
+                )
+                raise SystemExit(1) from None
             try:
                 rclpy.spin(node)
             except RCLError:
