@@ -87,6 +87,9 @@ class Distributed:
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
+            # Every rank finishes its last epoch (rank 0 writes the checkpoint) before the group
+            # goes: a rank tearing gloo down while its peer still talks aborted (SIGABRT).
+            dist.barrier()
             dist.destroy_process_group()
 
 
