@@ -28,24 +28,13 @@ from micro_perception.ros.processes import start_node, stop_process
 from micro_perception.ros.qos import image_qos
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """A process's peak resident set (VmHWM), MB; None once it is gone."""
+def proc_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A process's memory figure from /proc/PID/status, MB (VmRSS now, VmHWM its peak); None
+    once the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
-def rss_mb(pid: int) -> float | None:
-    """A process's current resident set (VmRSS), MB; None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         return None
@@ -119,15 +108,15 @@ def run_end_to_end(
             time.sleep(0.1)
         time.sleep(warmup_s)  # frames queued during the start drain first
         t_start = time.time()
-        rss_start = {name: rss_mb(p.pid) for name, p in procs.items()}
+        rss_start = {name: proc_mb(p.pid) for name, p in procs.items()}
         while time.time() < t_start + seconds:
             dead = [n for n, p in procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"{', '.join(dead)} exited during the run")
             time.sleep(min(1.0, t_start + seconds - time.time() + 0.01))
         t_end = time.time()
-        rss = {name: peak_rss_mb(p.pid) for name, p in procs.items()}
-        rss_end = {name: rss_mb(p.pid) for name, p in procs.items()}
+        rss = {name: proc_mb(p.pid, "VmHWM") for name, p in procs.items()}
+        rss_end = {name: proc_mb(p.pid) for name, p in procs.items()}
     finally:
         for p in procs.values():
             stop_process(p)

@@ -47,6 +47,7 @@ from micro_perception.ros.diagnostics import Health
 from micro_perception.ros.params import (
     Parameters,
     ParamSpec,
+    image_transport_param,
     qos_params,
     runtime_config,
     runtime_params,
@@ -80,13 +81,7 @@ PARAMS = [
         read_only=True,
     ),
     *runtime_params("the networks"),
-    ParamSpec(
-        "image_transport",
-        "auto",
-        "images: auto (shared memory when offered on this host, else the topic), shm or raw",
-        choices=("auto", "shm", "raw"),
-        read_only=True,
-    ),
+    image_transport_param(),
     *qos_params("best_effort", 5, "image subscription"),
     ParamSpec(
         "sync_slop",

@@ -30,6 +30,7 @@ from micro_perception.ros.diagnostics import Health
 from micro_perception.ros.params import (
     Parameters,
     ParamSpec,
+    image_transport_param,
     qos_params,
     runtime_config,
     runtime_params,
@@ -52,13 +53,7 @@ PARAMS = [
         "weights", "", "fusion weights file ('' = the installed models/fusion.pt)", read_only=True
     ),
     *runtime_params("fusion"),
-    ParamSpec(
-        "image_transport",
-        "auto",
-        "slices: auto (shared memory when offered on this host, else the topic), shm or raw",
-        choices=("auto", "shm", "raw"),
-        read_only=True,
-    ),
+    image_transport_param("slices"),
     *qos_params("best_effort", 10, "image subscription"),
     ParamSpec(
         "focus_tolerance",

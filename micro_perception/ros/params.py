@@ -122,6 +122,17 @@ def qos_params(reliability: str, depth: int, what: str = "image subscription") -
     ]
 
 
+def image_transport_param(what: str = "images") -> ParamSpec:
+    """How a node takes its image topics (micro_perception.ros.shm_transport.ImageInput)."""
+    return ParamSpec(
+        "image_transport",
+        "auto",
+        f"{what}: auto (shared memory when offered on this host, else the topic), shm or raw",
+        choices=("auto", "shm", "raw"),
+        read_only=True,
+    )
+
+
 def runtime_params(what: str) -> list[ParamSpec]:
     """The inference runtime's parameters (micro_perception.inference), shared by every node
     that runs a network; all fixed at start."""

@@ -17,7 +17,12 @@ from sensor_msgs.msg import CameraInfo, Image
 from micro_perception.errors import InputError
 from micro_perception.pattern import pattern_index, stereo_pattern
 from micro_perception.ros.conversions import camera_infos_to_stereo, image_to_numpy
-from micro_perception.ros.params import Parameters, ParamSpec, qos_params
+from micro_perception.ros.params import (
+    Parameters,
+    ParamSpec,
+    image_transport_param,
+    qos_params,
+)
 from micro_perception.ros.qos import image_qos
 from micro_perception.ros.runner import log_report, spin_node
 from micro_perception.ros.shm_transport import ImageInput
@@ -28,13 +33,7 @@ PARAMS = [
     ParamSpec("queue_size", 10, "synchroniser queue per input", 1, 1000, read_only=True),
     ParamSpec("slop", 0.005, "largest stamp difference paired, seconds", 0.0, 1.0, read_only=True),
     ParamSpec("disparity", 8, "pixel shift of the right pattern image", 0, 512),
-    ParamSpec(
-        "image_transport",
-        "auto",
-        "images: auto (shared memory when offered on this host, else the topic), shm or raw",
-        choices=("auto", "shm", "raw"),
-        read_only=True,
-    ),
+    image_transport_param(),
 ]
 
 # Latency samples kept for the percentiles.
