@@ -112,6 +112,13 @@ PARAMS = [
     ),
     ParamSpec("filter_gate", 4.0, "outlier gate of the filter, standard deviations", 1.0, 100.0),
     ParamSpec("stale_after", 0.5, "no distance for this long: unknown, s", 0.01, 60.0),
+    ParamSpec(
+        "max_stamp_ahead",
+        1.0,
+        "pairs stamped further ahead of this node's clock are dropped (unsynchronised clocks), s",
+        0.001,
+        3600.0,
+    ),
     ParamSpec("point_decimation", 4, "publish every n-th pixel in depth/points", 1, 64),
     ParamSpec(
         "mask_threshold",
@@ -252,11 +259,8 @@ class DepthNode(Node):
     def _on_pair(self, left: Image, right: Image, left_info: CameraInfo, right_info: CameraInfo):
         self.health.input()
         stamp_ns = left.header.stamp.sec * 1_000_000_000 + left.header.stamp.nanosec
-        if self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns:
-            self.get_logger().info("stamps went backwards (a looping bag?): filter reset")
-            with self._lock:
-                self.filter.reset()
-        self.last_stamp_ns = stamp_ns
+        if not self._stamp_ok(stamp_ns):
+            return
         try:
             pair = camera_infos_to_stereo(left_info, right_info)
             images = self._decode(left, "left/image"), self._decode(right, "right/image")
@@ -271,6 +275,38 @@ class DepthNode(Node):
             return
         with self._lock:
             self._publish(left, left_info, images[0], pair, result, stamp_ns * 1e-9)
+
+    def _stamp_ok(self, stamp_ns: int) -> bool:
+        """Drops (and counts) a pair stamped like the last one or from the future; a stamp going
+        backwards (a bag that loops) resets the filter and the alert and is processed."""
+        now_ns = self.get_clock().now().nanoseconds
+        ahead = (stamp_ns - now_ns) * 1e-9
+        if now_ns > 0 and ahead > self.params["max_stamp_ahead"]:
+            self.health.problem(
+                "future_stamp",
+                f"stereo pair dropped: stamped {ahead:.3f} s ahead of this node's clock (clocks "
+                "not synchronised? use_sim_time without /clock?)",
+            )
+            return False
+        last = self.last_stamp_ns
+        if last is not None and stamp_ns == last:
+            self.health.problem(
+                "duplicate_stamp", f"stereo pair dropped: stamp {stamp_ns * 1e-9:.9f} s again"
+            )
+            return False
+        if last is not None and stamp_ns < last:
+            self.health.count("stamp_resets")
+            self.get_logger().info(
+                f"stamps went back {(last - stamp_ns) * 1e-9:.3f} s (a looping bag?): distance "
+                "filter and alert reset"
+            )
+            with self._lock:
+                self.filter.reset()
+                was = self.alert.on
+                if was != self.alert.update(None):
+                    self._publish_alert()
+        self.last_stamp_ns = stamp_ns
+        return True
 
     # --- output ----------------------------------------------------------------------------
 
