@@ -221,8 +221,8 @@ class Runtime:
         return {**d, **self.engine}
 
     # -- running -----------------------------------------------------------------------------
-    def __call__(self, *inputs: torch.Tensor):
-        inputs = tuple(t.to(self.device) for t in inputs)
+    def __call__(self, *given: torch.Tensor):
+        inputs = tuple(t.to(self.device) for t in given)
         while True:
             try:
                 with torch.inference_mode():
@@ -234,7 +234,8 @@ class Runtime:
                     raise
                 if not self._fall_back(exc):
                     raise
-                inputs = tuple(t.to(self.device) for t in inputs)
+                # From the caller's tensors: a device that failed may not give its copies back.
+                inputs = tuple(t.to(self.device) for t in given)
 
     def _cast(self, inputs):
         half = self.precision == "fp16"
@@ -246,9 +247,9 @@ class Runtime:
                 t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                 for t in inputs
             )
-        with torch.autocast(
-            self.device.type, dtype=torch.float16, enabled=self.precision == "fp16"
-        ):
+        if self.precision != "fp16":
+            return _to_float(self._eager(*inputs))
+        with torch.autocast(self.device.type, dtype=torch.float16):
             return _to_float(self._eager(*inputs))
 
     def _fall_back(self, exc: BaseException) -> bool:
@@ -256,10 +257,15 @@ class Runtime:
         if self.backend == "tensorrt":
             self.warn(f"{self.name}: TensorRT failed ({exc}); falling back to torch on CUDA")
             self.backend, self.engine = "torch", {"engine": "failed"}
-        elif self.device.type == "cuda":
-            self.warn(f"{self.name}: CUDA failed ({exc}); falling back to torch on the CPU")
+        elif self.device.type != "cpu":
+            was = self.device.type
+            self.warn(
+                f"{self.name}: {was.upper()} failed ({type(exc).__name__}: {exc}); falling back "
+                "to torch on the CPU"
+            )
             self.device, self.precision = torch.device("cpu"), "fp32"
-            torch.cuda.empty_cache()
+            if was == "cuda":
+                torch.cuda.empty_cache()
         else:
             return False
         self._programs.clear()

@@ -149,3 +149,29 @@ def test_a_cpu_failure_has_no_fallback_and_is_raised():
     rt = Runtime(Broken(), "broken", RuntimeConfig(device="cpu"))
     with pytest.raises(RuntimeError, match="out of memory"):
         rt(torch.rand(1, 3, 8, 8))
+
+
+def test_out_of_memory_on_the_accelerator_falls_back_to_the_cpu_once():
+    """A real torch.cuda.OutOfMemoryError from the network while it runs on an accelerator. This
+    machine has no GPU, so the accelerator is torch's meta device; the fallback is the same."""
+
+    class Hungry(Tiny):
+        def forward(self, x):
+            if x.device.type != "cpu":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    net = Hungry()
+    x = torch.rand(1, 3, 8, 8)
+    want = Tiny.forward(net, x)[0].detach()
+    warnings = []
+    rt = Runtime(net, "hungry", RuntimeConfig(backend="torch", device="cpu"), warnings.append)
+    rt.device = torch.device("meta")  # the inputs go there; meta holds no weights to move
+    out = rt(x)[0]
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out, want)
+    assert rt.describe()["device"] == "cpu"
+    assert len(warnings) == 1 and "META failed (OutOfMemoryError" in warnings[0]
+    rt(x)
+    assert len(warnings) == 1

@@ -258,3 +258,33 @@ def test_three_times_its_capacity_keeps_latency_bounded_and_takes_the_newest(ros
         5,
         f"superseded ({h.counter('superseded')}) + processed ({processed}) = {sent}",
     )
+
+
+def test_parameters_set_at_run_time_are_validated_and_the_old_value_kept(harness):
+    from rclpy.parameter_client import AsyncParameterClient
+
+    h = harness
+    client = AsyncParameterClient(h.talker, "/rel/depth_node")
+    assert client.wait_for_services(timeout_sec=20.0)
+
+    def set_one(name, value):
+        future = client.set_parameters([Parameter(name, value=value)])
+        wait_for(future.done, 20, "set_parameters")
+        return future.result().results[0]
+
+    for name, value, why in [
+        ("alert_distance", -1.0, "alert_distance"),
+        ("alert_distance", 0.5, "alert_distance"),  # half a metre: out of range
+        ("alert_distance", "close", ""),
+        ("distance_mode", "diagonal", "distance_mode"),
+        ("filter_gate", float("nan"), "filter_gate"),
+        ("estimator", "stereo", ""),  # read-only
+    ]:
+        result = set_one(name, value)
+        assert not result.successful, (name, value)
+        assert why in result.reason
+    assert h.node.params["alert_distance"] == 0.5e-3
+    assert h.node.params["distance_mode"] == "normal" and h.node.params["estimator"] == "combined"
+    assert set_one("alert_distance", 0.8e-3).successful
+    assert h.node.params["alert_distance"] == 0.8e-3 and h.node.alert.threshold == 0.8e-3
+    assert set_one("alert_distance", 0.5e-3).successful

@@ -176,7 +176,7 @@ class DepthNode(Node):
             )
         self.filter = DistanceFilter(self._filter_config())
         self.alert = ProximityAlert(p["alert_distance"], p["alert_hysteresis"])
-        self.add_post_set_parameters_callback(self._on_params)
+        p.on_change(self._on_params)
         self.last_stamp_ns: int | None = None
         qos = image_qos(p["reliability"], p["qos_depth"])
         subs = [
@@ -234,19 +234,15 @@ class DepthNode(Node):
             stale_after=p["stale_after"],
         )
 
-    def _on_params(self, params) -> None:
+    def _on_params(self, names: set[str]) -> None:
         with self._lock:
-            self._apply_params(params)
-
-    def _apply_params(self, params) -> None:
-        names = {q.name for q in params}
-        if names & {"alert_distance", "alert_hysteresis"}:
-            self.alert.threshold = self.params["alert_distance"]
-            self.alert.hysteresis = self.params["alert_hysteresis"]
-        if names & {"filter_noise", "filter_acceleration", "filter_gate", "stale_after"}:
-            self.filter = DistanceFilter(self._filter_config())
-        if "distance_mode" in names:
-            self.filter.reset()
+            if names & {"alert_distance", "alert_hysteresis"}:
+                self.alert.threshold = self.params["alert_distance"]
+                self.alert.hysteresis = self.params["alert_hysteresis"]
+            if names & {"filter_noise", "filter_acceleration", "filter_gate", "stale_after"}:
+                self.filter = DistanceFilter(self._filter_config())
+            if "distance_mode" in names:
+                self.filter.reset()
 
     # --- input -----------------------------------------------------------------------------
 

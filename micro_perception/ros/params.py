@@ -69,6 +69,7 @@ class Parameters:
     def __init__(self, node, specs: list[ParamSpec]):
         self._specs = {s.name: s for s in specs}
         self._values: dict[str, Any] = {}
+        self._listeners: list = []
         for spec in specs:
             try:
                 node.declare_parameter(spec.name, spec.default, spec.descriptor())
@@ -94,10 +95,20 @@ class Parameters:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
+    def on_change(self, callback) -> None:
+        """``callback(names)`` after accepted changes, once the new values are readable here
+        (rclpy runs post-set callbacks newest first, so a node's own would see the old ones)."""
+        self._listeners.append(callback)
+
     def _after_set(self, params) -> None:
+        names = set()
         for p in params:
             if p.name in self._specs:
                 self._values[p.name] = p.value
+                names.add(p.name)
+        if names:
+            for callback in self._listeners:
+                callback(names)
 
     def __getitem__(self, name: str):
         return self._values[name]
