@@ -58,6 +58,8 @@ class DistanceFilter:
         """The filtered distance at time ``t`` (s) given this frame's measurement (None or a
         non-finite value: nothing measured); None while unknown."""
         measured = z is not None and math.isfinite(z)
+        if measured:
+            z = max(z, 0.0)  # inside the retina reads as contact
         if self.t is not None and t < self.t:  # time went backwards (a looping bag)
             self.reset()
         if self.t is None:
@@ -75,7 +77,7 @@ class DistanceFilter:
             self.outliers += 1
             if self.outliers >= self.cfg.max_outliers:
                 return self._start(t, z)
-            return self.x[0]
+            return max(self.x[0], 0.0)
         self.outliers = 0
         k0, k1 = self.p[0][0] / s, self.p[1][0] / s
         self.x = [self.x[0] + k0 * innovation, self.x[1] + k1 * innovation]

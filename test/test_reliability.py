@@ -288,3 +288,81 @@ def test_parameters_set_at_run_time_are_validated_and_the_old_value_kept(harness
     assert set_one("alert_distance", 0.8e-3).successful
     assert h.node.params["alert_distance"] == 0.8e-3 and h.node.alert.threshold == 0.8e-3
     assert set_one("alert_distance", 0.5e-3).successful
+
+
+def test_fusion_node_with_bad_focus_float_slices_and_a_looping_bag(ros_context, spin):
+    from sensor_msgs.msg import JointState
+
+    from micro_perception.ros.focal_fusion_node import FocalFusionNode
+
+    node = FocalFusionNode(
+        context=ros_context,
+        namespace="/relf",
+        parameter_overrides=[
+            Parameter("slices_per_stack", value=3),
+            Parameter("method", value="sml"),
+            Parameter("device", value="cpu"),
+            Parameter("reliability", value="reliable"),
+            Parameter("queue_policy", value="all"),
+            Parameter("image_transport", value="raw"),
+        ],
+    )
+    talker = Node("microscope", context=ros_context, namespace="/relf")
+    qos = image_qos("reliable", 50)
+    pub = talker.create_publisher(Image, "left/image_raw", qos)
+    focus = talker.create_publisher(JointState, "focus", qos)
+    fused, diags = [], []
+    talker.create_subscription(
+        Image, "left/fused/image", lambda m: fused.append(m.header.stamp.sec), qos
+    )
+    talker.create_subscription(
+        DiagnosticArray, "/diagnostics", lambda m: diags.extend(m.status), 10
+    )
+    spin(node, talker)
+    wait_for(lambda: pub.get_subscription_count() and focus.get_subscription_count(), 20, "subs")
+    rng = np.random.default_rng(1)
+
+    def counter(key):
+        mine = [s for s in diags if s.name == node.health.name]
+        return int({kv.key: kv.value for kv in mine[-1].values}.get(key, 0)) if mine else 0
+
+    def focus_msg(sec, position):
+        msg = JointState(name=["focus"], position=position)
+        msg.header.stamp.sec = sec
+        return msg
+
+    def slice_(sec, z, encoding="rgb8"):
+        focus.publish(focus_msg(sec, [z]))
+        if encoding == "rgb8":
+            msg = numpy_to_image(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), "rgb8")
+        else:
+            msg = numpy_to_image(np.full((H, W), np.nan, np.float32), encoding)
+        msg.header.stamp.sec = sec
+        pub.publish(msg)
+        time.sleep(0.03)
+
+    focus.publish(focus_msg(1, []))  # no position
+    focus.publish(focus_msg(2, [float("nan")]))
+    wait_for(lambda: counter("bad_focus") == 2, 10, "bad_focus == 2")
+    focus.publish(focus_msg(9, [0.190]))  # from here on, slices wait for their focus
+    time.sleep(0.5)
+    # A sweep that turns back after two slices: the two are fused, and it is said.
+    for sec, z in [(10, 0.190), (11, 0.191), (12, 0.1905)]:
+        slice_(sec, z)
+    wait_for(lambda: 11 in fused, 20, "the short stack")
+    wait_for(lambda: counter("short_stacks") == 1, 5, "short_stacks == 1")
+    slice_(13, 0.1904)
+    slice_(14, 0.1903)  # 12, 13, 14: a full stack
+    wait_for(lambda: 14 in fused, 20, "the full stack after it")
+    # A float slice (NaN) is not an image to fuse: dropped; the next stack is fused.
+    slice_(20, 0.190, encoding="32FC1")
+    wait_for(lambda: counter("bad_input") == 1, 10, "bad_input == 1")
+    for sec, z in [(21, 0.190), (22, 0.191), (23, 0.192)]:
+        slice_(sec, z)
+    wait_for(lambda: 23 in fused, 20, "the stack after the float slice")
+    # A bag that loops: stamps go back, the half-built stack is reset, fusion goes on.
+    slice_(30, 0.190)
+    for sec, z in [(5, 0.190), (6, 0.191), (7, 0.192)]:
+        slice_(sec, z)
+    wait_for(lambda: 7 in fused, 20, "the stack after the loop")
+    assert 30 not in fused and fused == [11, 14, 23, 7]

@@ -201,6 +201,13 @@ class FocalFusionNode(Node):
             else:
                 self.health.problem("dropped_stacks", f"{eye}: {note}")
         if stack is not None:
+            n, want = len(stack.slices), self.params["slices_per_stack"]
+            if stack.complete_because == "reversal" and n < want:
+                self.health.problem(
+                    "short_stacks",
+                    f"{eye}: focus reversed after {n} of {want} slices: fused the {n} (a sweep "
+                    "shorter than slices_per_stack, or focus out of order)",
+                )
             if self.worker is not None:
                 self.worker.submit(eye, stack, key=eye)
             else:

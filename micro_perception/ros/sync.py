@@ -103,7 +103,8 @@ class ApproximateTimeSync(SimpleFilter):
             my_queue[stamp] = msg
             while len(my_queue) > self.queue_size:
                 del my_queue[min(my_queue)]
-            matched = self._match(stamp, my_queue_index)
+            # Older than everything a full queue holds: it was the one dropped.
+            matched = self._match(stamp, my_queue_index) if stamp in my_queue else None
         if matched is not None:
             self.signalMessage(*matched)
 
