@@ -9,12 +9,13 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, Range
+from std_msgs.msg import Bool
 
 from micro_perception.optics import MicroscopeOptics
 from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
 from micro_perception.ros.depth_node import DepthNode
-from micro_perception.ros.qos import image_qos
+from micro_perception.ros.qos import alert_qos, image_qos
 
 H, W = 96, 128
 OPTICS = MicroscopeOptics(width=W, height=H, field_of_view=2e-3)
@@ -49,7 +50,15 @@ class Harness:
             "right_info": self.talker.create_publisher(CameraInfo, "right/camera_info", qos),
         }
         self.outputs: list[int] = []
+        self.ranges: list[Range] = []
+        self.alerts: list[bool] = []
         self.diags: list[DiagnosticStatus] = []
+        self.talker.create_subscription(
+            Range, "instrument/retina_distance", self.ranges.append, 10
+        )
+        self.talker.create_subscription(
+            Bool, "instrument/proximity_alert", lambda m: self.alerts.append(m.data), alert_qos()
+        )
         self.talker.create_subscription(
             Image, "depth/image", lambda m: self.outputs.append(m.header.stamp.sec), qos
         )
@@ -215,6 +224,26 @@ def test_a_camera_that_goes_away_and_comes_back(harness):
     h.send(h.good(sec + 1))
     wait_for(lambda: sec + 1 in h.outputs, 20, "a pair after the camera came back")
     wait_for(lambda: h.diags[-1].level == DiagnosticStatus.OK, 10, "OK again")
+
+
+def test_no_retina_in_view_is_an_unknown_distance_with_the_reason(harness):
+    """Noise images: no retina to fit. The distance is +inf (REP 117), never a guess, the alert
+    is off, and /diagnostics says why."""
+    h = harness
+    sec = h.next_sec
+    h.next_sec += 2
+    h.send(h.good(sec))
+    wait_for(lambda: any(r.header.stamp.sec == sec for r in h.ranges), 20, "a Range")
+    got = next(r for r in h.ranges if r.header.stamp.sec == sec)
+    assert got.range == float("inf") and got.header.frame_id == "microscope_left_optical_frame"
+    wait_for(lambda: h.alerts, 5, "the alert at its period")
+    assert not any(h.alerts)
+    wait_for(
+        lambda: h.counters().get("distance_unknown_because", "").startswith("retina fit failed"),
+        5,
+        "the reason in /diagnostics",
+    )
+    assert h.counters()["distance_mm"] == "unknown"
 
 
 def test_a_node_that_has_seen_nothing_is_stale(ros_context, spin):
