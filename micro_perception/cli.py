@@ -1162,6 +1162,11 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
     print(f"  all      MAE {f(result['mae_um'])} um  p95 {f(result['p95_um'])} um")
     for name, r in result["by_range"].items():
         print(f"  {name:<9}MAE {f(r['mae_um'])} um  p95 {f(r['p95_um'])} um  (n={r['n']})")
+    for name, r in result["by_instrument"].items():
+        print(
+            f"  {name:<11}MAE {f(r['mae_um'])} um  p95 {f(r['p95_um'])} um  (n={r['n']}, tip "
+            f"found {r['tip_detect']:.3f})"
+        )
     print(
         f"  alert at {meta['alert_distance_m'] * 1e3:.2f} mm: miss {f(result['miss'], '.3f')}, "
         f"false alarm {f(result['false_alarm'], '.3f')}; tip detected "

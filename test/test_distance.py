@@ -118,6 +118,10 @@ def test_eval_distance_json_on_a_small_set(tmp_path, simulate, cli_json):
     )
     assert {"mae_um", "p95_um", "by_range", "false_alarm", "miss", "tip_detect"} <= set(result)
     assert set(result["by_range"]) == {"<0.5mm", "0.5-1.5mm", ">1.5mm"}
-    assert result["_meta"]["frames"] == 3 and result["_meta"]["masks"] == "oracle"
     rows = json.loads(frames.read_text())
+    kinds = {r["instrument"] for r in rows if 0.05e-3 <= r["true_m"] <= 3e-3}
+    assert set(result["by_instrument"]) == {str(k) for k in kinds}
+    n_ranges = sum(r["n"] for r in result["by_range"].values())
+    assert sum(r["n"] for r in result["by_instrument"].values()) == n_ranges
+    assert result["_meta"]["frames"] == 3 and result["_meta"]["masks"] == "oracle"
     assert len(rows) == 3 and {"true_m", "measured_m", "method"} <= set(rows[0])
