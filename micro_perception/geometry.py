@@ -52,7 +52,11 @@ class GeometryConfig:
     radius_range: tuple[float, float] = (5e-3, 40e-3)  # m, plausible eye radii
     shaft_start: float = 1.6e-3  # m behind the tip where the plain shaft begins (jaws, blades)
     shaft_length: float = 3.0e-3  # m of shaft used for the axis
-    tip_zone: tuple[float, float] = (0.4e-3, 0.9e-3)  # m behind the tip: the working end's width
+    tip_zone: tuple[float, float] = (0.1e-3, 0.6e-3)  # m behind the tip: the working end's width
+    # A working end thinner than this fraction of the shaft is jaws or blades: measured on the
+    # silhouettes, not modelled as the shaft's own rounded end.
+    thin_end_ratio: float = 0.6
+    end_percentile: float = 1.0  # of the jaws' or blades' gaps: their lowest, less a stray row
     min_rows: int = 12  # rows crossing the shaft needed for the silhouette method
     min_row_angle_deg: float = 15.0  # shafts flatter than this are matched by their tip
     max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
@@ -312,18 +316,35 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
     s = (pts - centroid) @ direction
     along = s - s.min()
     radius_px = width / 2
-    # The working end's width just behind the tip (jaws and blades are thinner than the shaft).
-    normal = np.array([-direction[1], direction[0]])
-    t = (pts - centroid) @ normal
-    end = (along >= cfg.tip_zone[0] * px_per_m) & (along <= cfg.tip_zone[1] * px_per_m)
-    tip_radius_px = radius_px
-    if end.sum() >= 10:
-        # Pixels across, not the extent: open jaws or blades leave a gap between them.
-        counts = np.bincount(np.floor(along[end]).astype(np.int64))
-        tip_radius_px = min(radius_px, float(np.median(counts[counts > 0])) / 2)
     # Tip: the extreme pixel along the axis, on the axis line, half a pixel beyond its centre.
     tip = centroid + (s.min() - 0.5) * direction
+    tip_radius_px = _end_radius_px(comp, pts, along, px_per_m, cfg)
+    tip_radius_px = radius_px if tip_radius_px is None else min(tip_radius_px, radius_px)
     return Instrument2D(tip, direction, radius_px, tip_radius_px, comp, int(comp.sum()))
+
+
+def _end_radius_px(comp, pts, along, px_per_m, cfg) -> float | None:
+    """The working end's radius just behind the tip: the distance transform along the
+    silhouette's medial ridge there. Ridges, not widths: open jaws, blades crossing each other
+    or lying over the shaft in the view make widths several times a blade's. A low percentile,
+    as ridge points where two blades merge read wider."""
+    near = along <= (cfg.shaft_start + 0.2e-3) * px_per_m
+    if near.sum() < 10:
+        return None
+    x0, y0 = pts[near].min(0).astype(int) - 2
+    x1, y1 = pts[near].max(0).astype(int) + 3
+    part = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    part[pts[near, 1].astype(int) - y0, pts[near, 0].astype(int) - x0] = 1
+    dt = cv2.distanceTransform(part, cv2.DIST_L2, 5)
+    ridge = (dt >= cv2.dilate(dt, np.ones((3, 3), np.uint8)) - 1e-6) & (dt >= 1)
+    u, v = pts[near, 0].astype(int) - x0, pts[near, 1].astype(int) - y0
+    zone = (along[near] >= cfg.tip_zone[0] * px_per_m) & (
+        along[near] <= cfg.tip_zone[1] * px_per_m
+    )
+    values = dt[v, u][ridge[v, u] & zone]
+    if values.size < 3:
+        return None
+    return max(float(np.percentile(values, 10)) - 0.5, 0.5)
 
 
 # --- the shaft in 3D ---------------------------------------------------------------------------
@@ -575,6 +596,19 @@ def capsule_gaps(sphere: SphereFit, centre, axis, radius, length):
     )
 
 
+def _points_gaps(sphere: SphereFit, pts: np.ndarray, radius: float, pct: float):
+    """(normal gap, axial gap, nearest point, its foot) of tubes of ``radius`` around axis
+    points ``pts``: the ``pct`` percentile of their gaps, not the minimum, against stray rows."""
+    gaps = sphere.gap(pts) - radius
+    k = int(np.argsort(gaps)[min(len(gaps) - 1, round(pct / 100 * (len(gaps) - 1)))])
+    outward = pts[k] - sphere.centre
+    nearest = pts[k] + radius * outward / np.linalg.norm(outward)
+    below = sphere.depth_at(pts[:, 0], pts[:, 1]) - (pts[:, 2] + radius)
+    below = below[np.isfinite(below)]
+    axial = float(np.percentile(below, pct)) if below.size else float("inf")
+    return float(np.percentile(gaps, pct)), axial, nearest, sphere.foot(nearest)
+
+
 def measure(
     pair: StereoPair,
     depth: np.ndarray,
@@ -651,27 +685,26 @@ def measure(
     out.centre_xyz = centre
     out.tip_px = project(pair, out.tip_xyz)
     parts = [
-        capsule_gaps(out.retina, centre, d3, r_tip, cfg.shaft_start),
         capsule_gaps(out.retina, centre + cfg.shaft_start * d3, d3, radius, cfg.shaft_length),
     ]
-    # Jaws and blades are not the shaft's shape: measure them too, and keep the nearer.
+    # Jaws and blades are not the shaft's shape (open, curved): where the working end is thin,
+    # it is measured on the silhouettes' rows instead of modelled as a capsule on the axis.
+    # A round end (needle, light pipe, vitrector) is the capsule, and the rows a check.
+    thin = inst.tip_radius_px < cfg.thin_end_ratio * inst.radius_px
     end = working_end_points(pair, inst, right, px_per_m, cfg) if right is not None else None
-    if end is not None and out.method == "silhouette":
+    if not (thin and end is not None):
+        parts.append(capsule_gaps(out.retina, centre, d3, r_tip, cfg.shaft_start))
+    if end is not None and (thin or out.method == "silhouette"):
         pts, r_px = end
-        r_end = r_px * float(np.median(pts[:, 2])) / pair.left.fx
-        gaps = out.retina.gap(pts) - r_end
-        # A low percentile, not the minimum: one mismatched row must not make the distance.
-        k = int(np.argsort(gaps)[min(len(gaps) - 1, len(gaps) // 10)])
-        outward = pts[k] - out.retina.centre
-        nearest = pts[k] + r_end * outward / np.linalg.norm(outward)
-        below = out.retina.depth_at(pts[:, 0], pts[:, 1]) - (pts[:, 2] + r_end)
-        axial = (
-            float(np.sort(below[np.isfinite(below)])[len(below) // 10])
-            if np.isfinite(below).any()
-            else float("inf")
+        if thin:
+            r_px, pct = inst.tip_radius_px, cfg.end_percentile
+        else:  # one mismatched row must not make the distance
+            pct = 10.0
+        parts.append(
+            _points_gaps(out.retina, pts, r_px * float(np.median(pts[:, 2])) / pair.left.fx, pct)
         )
-        parts.append((float(gaps[k]), axial, nearest, out.retina.foot(nearest)))
-        out.notes.append(f"working end measured on {len(pts)} rows")
+        kind = "jaws or blades" if thin else "working end"
+        out.notes.append(f"{kind} measured on {len(pts)} rows")
     gn = min(p[0] for p in parts)
     ga = min(p[1] for p in parts)
     _, _, nearest, foot = min(parts, key=lambda p: p[0])

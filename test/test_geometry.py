@@ -153,3 +153,21 @@ def test_a_round_bright_blob_is_not_taken_for_the_instrument():
     cv2.line(mask, (399, 40), (250, 120), 1, 20)  # a smaller, long instrument
     inst = find_instrument(mask, 64000.0)
     assert inst is not None and inst.tip_px[0] < 260 and inst.area < 5000
+
+
+@pytest.mark.parametrize("kind", ["forceps", "scissors"])
+def test_jaws_and_blades_are_measured_not_modelled_as_the_shaft(optics, kind):
+    """Open jaws and curved blades leave the shaft's axis: their radius is found from the
+    silhouette's ridge, and their gap from the rows of both views (at 384x384 a pixel of
+    disparity is about 190 um of depth, so the tolerance is a median over scenes)."""
+    errors = []
+    for seed in range(1, 9):
+        scene = make_scene(seed, optics, kind=kind, gap=0.3e-3)
+        depth, mask, right_mask = exact_views(scene, optics)
+        m = measure(optics.stereo(), depth, mask, right_mask)
+        assert m.ok, m.reason
+        assert any(n.startswith("jaws or blades measured") for n in m.notes), m.notes
+        blade = scene.instrument.capsules[-1].radius
+        assert np.linalg.norm(m.tip_xyz - m.centre_xyz) == pytest.approx(blade, abs=40e-6)
+        errors.append(abs(m.distance_normal - scene.gap_normal))
+    assert np.median(errors) < 100e-6, np.round(np.array(errors) * 1e6)
