@@ -87,10 +87,10 @@ def render_instrument_depth(
     r_tip = float(np.linalg.norm(m.tip_xyz - m.centre_xyz))
     # A shaft placed by its end alone (method "tip") is known near that end only.
     length = 0.05 if m.method == "silhouette" else cfg.shaft_start
-    caps = (
-        Capsule(m.centre_xyz, m.centre_xyz + cfg.shaft_start * m.axis, r_tip),
-        Capsule(m.centre_xyz + cfg.shaft_start * m.axis, m.centre_xyz + length * m.axis, m.radius),
-    )
+    caps = [Capsule(m.centre_xyz, m.centre_xyz + cfg.shaft_start * m.axis, r_tip)]
+    if length > cfg.shaft_start:
+        start = m.centre_xyz + cfg.shaft_start * m.axis
+        caps.append(Capsule(start, m.centre_xyz + length * m.axis, m.radius))
     rays = back_project(pair, pixels[:, 0], pixels[:, 1], np.ones(len(pixels)))
     rays /= np.linalg.norm(rays, axis=1, keepdims=True)
     t = np.full(len(pixels), np.inf)
