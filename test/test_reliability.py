@@ -375,14 +375,18 @@ def test_fusion_node_with_bad_focus_float_slices_and_a_looping_bag(ros_context, 
     wait_for(lambda: counter("bad_focus") == 2, 10, "bad_focus == 2")
     focus.publish(focus_msg(9, [0.190]))  # from here on, slices wait for their focus
     time.sleep(0.5)
-    # A sweep that turns back after two slices: the two are fused, and it is said.
-    for sec, z in [(10, 0.190), (11, 0.191), (12, 0.1905)]:
+    for sec, z in [(10, 0.190), (11, 0.191), (12, 0.192)]:
         slice_(sec, z)
-    wait_for(lambda: 11 in fused, 20, "the short stack")
+    wait_for(lambda: 12 in fused, 20, "a first full stack")
+    # A sweep that turns back after two slices: the two are fused, and it is said. (The first
+    # sweep after a start may have begun before the node listened: it is not counted.)
+    for sec, z in [(13, 0.193), (14, 0.194), (15, 0.1935)]:
+        slice_(sec, z)
+    wait_for(lambda: 14 in fused, 20, "the short stack")
     wait_for(lambda: counter("short_stacks") == 1, 5, "short_stacks == 1")
-    slice_(13, 0.1904)
-    slice_(14, 0.1903)  # 12, 13, 14: a full stack
-    wait_for(lambda: 14 in fused, 20, "the full stack after it")
+    slice_(16, 0.1934)
+    slice_(17, 0.1933)  # 15, 16, 17: a full stack
+    wait_for(lambda: 17 in fused, 20, "the full stack after it")
     # A float slice (NaN) is not an image to fuse: dropped; the next stack is fused.
     slice_(20, 0.190, encoding="32FC1")
     wait_for(lambda: counter("bad_input") == 1, 10, "bad_input == 1")
@@ -394,4 +398,4 @@ def test_fusion_node_with_bad_focus_float_slices_and_a_looping_bag(ros_context, 
     for sec, z in [(5, 0.190), (6, 0.191), (7, 0.192)]:
         slice_(sec, z)
     wait_for(lambda: 7 in fused, 20, "the stack after the loop")
-    assert 30 not in fused and fused == [11, 14, 23, 7]
+    assert 30 not in fused and fused == [12, 14, 17, 23, 7]

@@ -106,6 +106,7 @@ class FocalFusionNode(Node):
         )
         self.health.values["weights"] = str(self.fuser.weights or "-")
         qos = image_qos(p["reliability"], p["qos_depth"])
+        self._joined: set[str] = set()  # eyes with a stack since the start or the last reset
         self.buffers = {
             e: FocalBuffer(p["slices_per_stack"], p["max_buffered_slices"]) for e in EYES
         }
@@ -198,16 +199,19 @@ class FocalFusionNode(Node):
             if "backwards" in note:
                 self.get_logger().info(f"{eye}: {note}")
                 self.matchers[eye] = self._matcher()
+                self._joined.discard(eye)
             else:
                 self.health.problem("dropped_stacks", f"{eye}: {note}")
         if stack is not None:
             n, want = len(stack.slices), self.params["slices_per_stack"]
-            if stack.complete_because == "reversal" and n < want:
+            # The first sweep after a start or a reset may have begun before this node listened.
+            if stack.complete_because == "reversal" and n < want and eye in self._joined:
                 self.health.problem(
                     "short_stacks",
                     f"{eye}: focus reversed after {n} of {want} slices: fused the {n} (a sweep "
                     "shorter than slices_per_stack, or focus out of order)",
                 )
+            self._joined.add(eye)
             if self.worker is not None:
                 self.worker.submit(eye, stack, key=eye)
             else:
