@@ -206,13 +206,68 @@ def test_stamps_repeated_from_the_future_or_going_back(harness):
     h.next_sec = sec + 10
 
 
-def test_a_camera_that_goes_away_and_comes_back(harness):
+CAMERA_PROCESS = """
+import sys, time
+import numpy as np
+import rclpy
+from sensor_msgs.msg import CameraInfo, Image
+from micro_perception.optics import MicroscopeOptics
+from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
+from micro_perception.ros.qos import image_qos
+
+start, count = int(sys.argv[1]), int(sys.argv[2])
+optics = MicroscopeOptics(width=128, height=96, field_of_view=2e-3)
+rclpy.init()
+node = rclpy.create_node("camera_process", namespace="/rel")
+qos = image_qos("reliable", 50)
+pubs = [node.create_publisher(Image, "left/image", qos),
+        node.create_publisher(Image, "right/image", qos),
+        node.create_publisher(CameraInfo, "left/camera_info", qos),
+        node.create_publisher(CameraInfo, "right/camera_info", qos)]
+deadline = time.monotonic() + 20
+while any(p.get_subscription_count() == 0 for p in pubs) and time.monotonic() < deadline:
+    time.sleep(0.05)
+rng = np.random.default_rng(start)
+for sec in range(start, start + count):
+    img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    msgs = [numpy_to_image(img, "rgb8"), numpy_to_image(img, "rgb8"),
+            intrinsics_to_camera_info(optics.left_camera()),
+            intrinsics_to_camera_info(optics.right_camera())]
+    for pub, msg in zip(pubs, msgs):
+        msg.header.stamp.sec = sec
+        pub.publish(msg)
+    time.sleep(0.1)
+print("sent", flush=True)
+time.sleep(600)  # until killed, as a crashed camera driver would be
+"""
+
+
+def _camera_process(start: int, count: int):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", CAMERA_PROCESS, str(start), str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_camera_process_that_dies_and_comes_back(harness):
+    """A camera driver in a process of its own is killed (SIGKILL: no goodbye to DDS) and
+    started again: the node reports WARN while there is no input and resumes without a
+    restart."""
+    import signal
+
     h = harness
     sec = h.next_sec
-    h.next_sec += 10
-    h.send(h.good(sec))
-    wait_for(lambda: sec in h.outputs, 20, "a pair")
-    # No input for more than WARN_AFTER_S: WARN, saying so; no restart needed afterwards.
+    h.next_sec += 20
+    cam = _camera_process(sec, 3)
+    try:
+        wait_for(lambda: sec + 2 in h.outputs, 30, "pairs from the camera process")
+    finally:
+        cam.send_signal(signal.SIGKILL)
+        cam.wait(10)
     wait_for(
         lambda: (
             h.diags[-1].level == DiagnosticStatus.WARN
@@ -221,9 +276,13 @@ def test_a_camera_that_goes_away_and_comes_back(harness):
         10,
         "WARN while the camera is gone",
     )
-    h.send(h.good(sec + 1))
-    wait_for(lambda: sec + 1 in h.outputs, 20, "a pair after the camera came back")
-    wait_for(lambda: h.diags[-1].level == DiagnosticStatus.OK, 10, "OK again")
+    cam = _camera_process(sec + 10, 3)
+    try:
+        wait_for(lambda: sec + 12 in h.outputs, 30, "pairs from the restarted camera")
+        wait_for(lambda: h.diags[-1].level == DiagnosticStatus.OK, 10, "OK again")
+    finally:
+        cam.send_signal(signal.SIGKILL)
+        cam.wait(10)
 
 
 def test_no_retina_in_view_is_an_unknown_distance_with_the_reason(harness):
