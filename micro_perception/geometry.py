@@ -596,6 +596,20 @@ def capsule_gaps(sphere: SphereFit, centre, axis, radius, length):
     )
 
 
+def _end_on_axis(pair, inst, point, d3, px_per_m, reach=1.0e-3) -> bool:
+    """Whether the silhouette's last ``reach`` (m) lies within the working end's radius of the
+    shaft axis's image: jaws closed and straight, not open or curved."""
+    a, b = project(pair, np.stack([point, point + 1e-3 * d3]))
+    n = np.array([-(b - a)[1], (b - a)[0]]) / np.linalg.norm(b - a)
+    v, u = np.nonzero(inst.mask)
+    along = (u - inst.tip_px[0]) * inst.direction[0] + (v - inst.tip_px[1]) * inst.direction[1]
+    near = along <= reach * px_per_m
+    if near.sum() < 5:
+        return False
+    lateral = np.abs((np.stack([u[near], v[near]], 1) - a) @ n)
+    return float(np.percentile(lateral, 95)) <= 1.5 * inst.tip_radius_px + 2.0
+
+
 def _points_gaps(sphere: SphereFit, pts: np.ndarray, radius: float, pct: float):
     """(normal gap, axial gap, nearest point, its foot) of tubes of ``radius`` around axis
     points ``pts``: the ``pct`` percentile of their gaps, not the minimum, against stray rows."""
@@ -692,7 +706,9 @@ def measure(
     # A round end (needle, light pipe, vitrector) is the capsule, and the rows a check.
     thin = inst.tip_radius_px < cfg.thin_end_ratio * inst.radius_px
     end = working_end_points(pair, inst, right, px_per_m, cfg) if right is not None else None
-    if not (thin and end is not None):
+    # Closed, straight jaws do lie on the axis: there the capsule holds, and rows along a jaw
+    # that runs near the image rows say little.
+    if not (thin and end is not None) or _end_on_axis(pair, inst, point, d3, px_per_m):
         parts.append(capsule_gaps(out.retina, centre, d3, r_tip, cfg.shaft_start))
     if end is not None and (thin or out.method == "silhouette"):
         pts, r_px = end
