@@ -117,26 +117,11 @@ def cli_json():
 def spin(ros_context):
     """``spin(*nodes)`` starts each node on an executor and thread of its own (as separate
     components of a robot would run); all are shut down and destroyed after the test."""
-    import threading
+    from ros_helpers import Spinner
 
-    from rclpy.executors import SingleThreadedExecutor
-
-    running = []
-
-    def start(*nodes):
-        for node in nodes:
-            executor = SingleThreadedExecutor(context=ros_context)
-            executor.add_node(node)
-            thread = threading.Thread(target=executor.spin, daemon=True)
-            thread.start()
-            running.append((executor, thread, node))
-
-    yield start
-    for executor, thread, node in running:
-        executor.shutdown(timeout_sec=2.0)
-        thread.join(timeout=5.0)
-        assert not thread.is_alive()
-        node.destroy_node()
+    spinner = Spinner(ros_context)
+    yield spinner
+    spinner.stop()
 
 
 @pytest.fixture(scope="session")

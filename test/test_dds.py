@@ -1,12 +1,11 @@
 """Real rclpy nodes over real Fast DDS: images, stereo pairs, synchronisation, parameters."""
 
-import time
-
 import numpy as np
 import pytest
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
+from ros_helpers import wait_for
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -16,14 +15,6 @@ from micro_perception.ros.qos import image_qos
 from micro_perception.ros.stereo_check_node import StereoCheckNode
 from micro_perception.ros.stereo_pattern_node import StereoPatternNode
 from micro_perception.ros.transport_check import TransportCheckConfig, run_transport_check
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_full_hd_image_between_nodes_in_separate_executors(ros_context, spin):

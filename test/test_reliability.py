@@ -9,6 +9,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from ros_helpers import Spinner, wait_for
 from sensor_msgs.msg import CameraInfo, Image, Range
 from std_msgs.msg import Bool
 
@@ -19,14 +20,6 @@ from micro_perception.ros.qos import alert_qos, image_qos
 
 H, W = 96, 128
 OPTICS = MicroscopeOptics(width=W, height=H, field_of_view=2e-3)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Harness:
@@ -101,32 +94,17 @@ class Harness:
 @pytest.fixture(scope="module")
 def harness():
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    running = []
-
-    def spin(*nodes):
-        import threading
-
-        for node in nodes:
-            ex = SingleThreadedExecutor(context=context)
-            ex.add_node(node)
-            thread = threading.Thread(target=ex.spin, daemon=True)
-            thread.start()
-            running.append((ex, thread, node))
-
+    spin = Spinner(context)
     # queue_policy all: every pair is processed in order, so each case is answered in turn.
     h = Harness(context, spin, "/rel", queue_policy="all")
     h.next_sec = 100
     try:
         yield h
     finally:
-        for ex, thread, node in running:
-            ex.shutdown(timeout_sec=2.0)
-            thread.join(timeout=5.0)
-            node.destroy_node()
+        spin.stop()
         rclpy.shutdown(context=context)
 
 
