@@ -108,6 +108,10 @@ class Instrument2D:
     mask: np.ndarray  # (H, W) bool, the chosen component
     area: int
 
+    def along(self, u, v):
+        """Distance (px) of image points from the tip, along the shaft's direction."""
+        return (u - self.tip_px[0]) * self.direction[0] + (v - self.tip_px[1]) * self.direction[1]
+
 
 @dataclass
 class Measurement:
@@ -318,12 +322,12 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
     radius_px = width / 2
     # Tip: the extreme pixel along the axis, on the axis line, half a pixel beyond its centre.
     tip = centroid + (s.min() - 0.5) * direction
-    tip_radius_px = _end_radius_px(comp, pts, along, px_per_m, cfg)
+    tip_radius_px = _end_radius_px(pts, along, px_per_m, cfg)
     tip_radius_px = radius_px if tip_radius_px is None else min(tip_radius_px, radius_px)
     return Instrument2D(tip, direction, radius_px, tip_radius_px, comp, int(comp.sum()))
 
 
-def _end_radius_px(comp, pts, along, px_per_m, cfg) -> float | None:
+def _end_radius_px(pts, along, px_per_m, cfg) -> float | None:
     """The working end's radius just behind the tip: the distance transform along the
     silhouette's medial ridge there. Ridges, not widths: open jaws, blades crossing each other
     or lying over the shaft in the view make widths several times a blade's. A low percentile,
@@ -407,7 +411,7 @@ def shaft_from_silhouettes(
     for inst in (left, right):
         c, length, single = _row_centres(inst.mask)
         crossing = 2 * inst.radius_px / abs(inst.direction[1])  # across a straight shaft
-        along = (np.stack([c, rows], 1) - inst.tip_px) @ inst.direction
+        along = inst.along(c, rows)
         first, last = c - (length - 1) / 2, c + (length - 1) / 2
         use &= (
             single
@@ -522,7 +526,7 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
     for inst in (left, right):
         h, w = inst.mask.shape
         v, u = np.mgrid[0:h, 0:w]
-        along = (u - inst.tip_px[0]) * inst.direction[0] + (v - inst.tip_px[1]) * inst.direction[1]
+        along = inst.along(u, v)
         regions.append(inst.mask & (along <= zone))
     slope = max(abs(left.direction[1]), 1e-3)
     centres_l, centres_r, rows, widths = [], [], [], []
@@ -602,7 +606,7 @@ def _end_on_axis(pair, inst, point, d3, px_per_m, reach=1.0e-3) -> bool:
     a, b = project(pair, np.stack([point, point + 1e-3 * d3]))
     n = np.array([-(b - a)[1], (b - a)[0]]) / np.linalg.norm(b - a)
     v, u = np.nonzero(inst.mask)
-    along = (u - inst.tip_px[0]) * inst.direction[0] + (v - inst.tip_px[1]) * inst.direction[1]
+    along = inst.along(u, v)
     near = along <= reach * px_per_m
     if near.sum() < 5:
         return False

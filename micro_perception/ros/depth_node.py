@@ -298,9 +298,7 @@ class DepthNode(Node):
             )
             with self._lock:
                 self.filter.reset()
-                was = self.alert.on
-                if was != self.alert.update(None):
-                    self._publish_alert()
+                self._update_alert(None)
         self.last_stamp_ns = stamp_ns
         return True
 
@@ -331,9 +329,7 @@ class DepthNode(Node):
                 range=float(distance) if distance is not None else float("inf"),
             )
         )
-        was = self.alert.on
-        if was != self.alert.update(distance):
-            self._publish_alert()
+        self._update_alert(distance)
         if self.pub_markers.get_subscription_count() > 0:
             self.pub_markers.publish(self._markers(header, m, distance))
         v = self.health.values
@@ -346,6 +342,12 @@ class DepthNode(Node):
         if not m.ok:
             self.health.count("distance_unknown")
         self.health.output(header.stamp)
+
+    def _update_alert(self, distance: float | None) -> None:
+        """The alert for this distance (None: unknown), published when it changes."""
+        was = self.alert.on
+        if was != self.alert.update(distance):
+            self._publish_alert()
 
     def _publish_alert(self) -> None:
         self.pub_alert.publish(Bool(data=self.alert.on))
