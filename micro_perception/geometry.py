@@ -107,6 +107,8 @@ class Instrument2D:
     tip_radius_px: float  # the working end's (jaws, blades) just behind the tip
     mask: np.ndarray  # (H, W) bool, the chosen component
     area: int
+    # (H, W) float in [0, 1], the mask's probability (edges at its 0.5 crossing); None: hard
+    soft: np.ndarray | None = None
 
     def along(self, u, v):
         """Distance (px) of image points from the tip, along the shaft's direction."""
@@ -265,15 +267,14 @@ def _border_distance(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.minimum.reduce([pts[:, 0], pts[:, 1], w - 1 - pts[:, 0], h - 1 - pts[:, 1]])
 
 
-def _centre_line(comp: np.ndarray, horizontal: bool):
+def _centre_line(comp: np.ndarray, horizontal: bool, soft: np.ndarray | None = None):
     """The shaft's centre line from the centres of the runs across it: (point, unit direction,
     perpendicular width in px), or None. Runs cut by the image border, split runs and runs of
     another length than the shaft's (the rounded end, jaws, blades) are left out."""
     m = comp.T if horizontal else comp
-    centre, length, single = _row_centres(m)
+    sm = None if soft is None else (soft.T if horizontal else soft)
+    centre, length, single, first, last = _row_centres(m, sm)
     n = m.shape[1]
-    first = centre - (length - 1) / 2
-    last = centre + (length - 1) / 2
     ok = single & (first > 0) & (last < n - 1)
     if ok.sum() < 5:
         return None
@@ -292,13 +293,26 @@ def _centre_line(comp: np.ndarray, horizontal: bool):
     return point, direction, width
 
 
+def soft_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(hard bool mask, soft occupancy or None) of a mask: bool or integer masks are hard
+    (nonzero is instrument); float masks are probabilities, the instrument where >= 0.5, with
+    edges placed where they cross 0.5 between pixels."""
+    if np.issubdtype(mask.dtype, np.floating):
+        soft = np.nan_to_num(mask.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        soft = np.clip(soft, 0.0, 1.0)
+        return soft >= 0.5, soft
+    return mask > 0, None
+
+
 def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | None = None):
     """The instrument's tip, shaft direction and radius in the image, or None.
 
-    ``px_per_m`` converts the config's lengths to pixels (fx / working depth).
+    ``mask``: hard, or a probability (see ``soft_mask``). ``px_per_m`` converts the config's
+    lengths to pixels (fx / working depth).
     """
     cfg = cfg or GeometryConfig()
-    comp = _largest_component(mask > 0, cfg.min_instrument_px, cfg.min_elongation)
+    hard, soft = soft_mask(mask)
+    comp = _largest_component(hard, cfg.min_instrument_px, cfg.min_elongation)
     if comp is None:
         return None
     v, u = np.nonzero(comp)
@@ -306,7 +320,7 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
     centroid = pts.mean(0)
     _, _, vt = np.linalg.svd(pts - centroid, full_matrices=False)
     axis = vt[0]
-    line = _centre_line(comp, abs(axis[0]) >= abs(axis[1]))
+    line = _centre_line(comp, abs(axis[0]) >= abs(axis[1]), soft)
     if line is not None:
         centroid, axis, width = line
     else:  # too short to scan: the principal axis and the extent across it
@@ -324,7 +338,7 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
     tip = centroid + (s.min() - 0.5) * direction
     tip_radius_px = _end_radius_px(pts, along, px_per_m, cfg)
     tip_radius_px = radius_px if tip_radius_px is None else min(tip_radius_px, radius_px)
-    return Instrument2D(tip, direction, radius_px, tip_radius_px, comp, int(comp.sum()))
+    return Instrument2D(tip, direction, radius_px, tip_radius_px, comp, int(comp.sum()), soft)
 
 
 def _end_radius_px(pts, along, px_per_m, cfg) -> float | None:
@@ -354,14 +368,41 @@ def _end_radius_px(pts, along, px_per_m, cfg) -> float | None:
 # --- the shaft in 3D ---------------------------------------------------------------------------
 
 
-def _row_centres(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: the run's centre, its length, and whether the row holds one contiguous run."""
+def _edges(soft: np.ndarray | None, rows: np.ndarray, first: np.ndarray, last: np.ndarray):
+    """Sub-pixel left and right edges of runs [first, last] on ``rows``: half a pixel outside
+    the end pixels for a hard mask, where the probability crosses 0.5 for a soft one."""
+    left = first - 0.5
+    right = last + 0.5
+    if soft is None or len(rows) == 0:
+        return left, right
+    w = soft.shape[1]
+    inner = np.clip(first, 0, w - 1)
+    outer = np.clip(first - 1, 0, w - 1)
+    p_in, p_out = soft[rows, inner], soft[rows, outer]
+    # Only across the 0.5 crossing: a run cut by something else (the image border, a zone's
+    # end) keeps its hard edge.
+    ok = (first > 0) & (p_out < 0.5) & (p_in >= 0.5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left = np.where(ok, first - 1 + (0.5 - p_out) / (p_in - p_out), left)
+    inner = np.clip(last, 0, w - 1)
+    outer = np.clip(last + 1, 0, w - 1)
+    p_in, p_out = soft[rows, inner], soft[rows, outer]
+    ok = (last < w - 1) & (p_out < 0.5) & (p_in >= 0.5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        right = np.where(ok, last + (p_in - 0.5) / (p_in - p_out), right)
+    return left, right
+
+
+def _row_centres(comp: np.ndarray, soft: np.ndarray | None = None):
+    """Per row: the run's centre and length (sub-pixel with a soft mask), whether the row holds
+    one contiguous run, and its first and last pixel."""
     w = comp.shape[1]
     count = comp.sum(1)
     first = np.argmax(comp, 1)
     last = w - 1 - np.argmax(comp[:, ::-1], 1)
     single = (count > 0) & (count == last - first + 1)
-    return (first + last) / 2.0, (last - first + 1).astype(float), single
+    left, right = _edges(soft, np.arange(comp.shape[0]), first, last)
+    return (left + right) / 2.0, right - left, single, first, last
 
 
 def _fit_line(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -409,10 +450,9 @@ def shaft_from_silhouettes(
     use = np.ones(len(rows), bool)
     centres = []
     for inst in (left, right):
-        c, length, single = _row_centres(inst.mask)
+        c, length, single, first, last = _row_centres(inst.mask, inst.soft)
         crossing = 2 * inst.radius_px / abs(inst.direction[1])  # across a straight shaft
         along = inst.along(c, rows)
-        first, last = c - (length - 1) / 2, c + (length - 1) / 2
         use &= (
             single
             & (first > 0)
@@ -534,14 +574,19 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
         rl, rr = _runs(regions[0][y]), _runs(regions[1][y])
         if len(rl) != len(rr):
             continue
-        for (a, b), (c, d) in zip(rl, rr, strict=True):
-            ll, lr = b - a + 1, d - c + 1
+        if not len(rl):
+            continue
+        yy = np.full(len(rl), y)
+        el = _edges(left.soft, yy, rl[:, 0], rl[:, 1])
+        er = _edges(right.soft, yy, rr[:, 0], rr[:, 1])
+        for i in range(len(rl)):
+            ll, lr = el[1][i] - el[0][i], er[1][i] - er[0][i]
             if abs(ll - lr) > 0.3 * max(ll, lr) + 2:
                 continue
             if ll * slope > 4 * left.radius_px:  # along the row: no disparity in a run's centre
                 continue
-            centres_l.append((a + b) / 2)
-            centres_r.append((c + d) / 2)
+            centres_l.append((el[0][i] + el[1][i]) / 2)
+            centres_r.append((er[0][i] + er[1][i]) / 2)
             rows.append(y)
             widths.append(ll * slope)
     if len(rows) < cfg.min_rows // 2:
@@ -638,7 +683,8 @@ def measure(
     """The instrument tip, the retina and the gap between them, for one left frame.
 
     ``depth`` is the left depth (m, NaN unknown); ``mask`` and ``right_mask`` the instrument in
-    the left and right images. Never raises on a bad scene: the result says why it is unknown.
+    the left and right images, hard or as probabilities (``soft_mask``: a network's edges at
+    sub-pixel precision). Never raises on a bad scene: the result says why it is unknown.
     """
     cfg = cfg or GeometryConfig()
     if depth.ndim != 2:
@@ -653,7 +699,7 @@ def measure(
     if right_mask is not None and right_mask.shape != depth.shape:
         raise InputError(f"right mask {right_mask.shape} and depth {depth.shape} differ in size")
     out = Measurement()
-    inst_mask = mask > 0 if mask is not None else np.zeros(depth.shape, bool)
+    inst_mask = soft_mask(mask)[0] if mask is not None else np.zeros(depth.shape, bool)
     try:
         out.retina = fit_sphere(retina_points(depth, pair, inst_mask, confidence, cfg), cfg)
     except InputError as exc:
@@ -661,14 +707,14 @@ def measure(
         return out
     z0 = float(np.nanmedian(depth)) if np.isfinite(depth).any() else pair.convergence_distance
     px_per_m = pair.left.fx / z0
-    inst = find_instrument(inst_mask, px_per_m, cfg) if inst_mask.any() else None
+    inst = find_instrument(mask, px_per_m, cfg) if inst_mask.any() else None
     if inst is None:
         out.reason = "no instrument in view"
         return out
     out.tip_px = inst.tip_px
     out.instrument_mask = inst.mask
     line = None
-    right = find_instrument(right_mask > 0, px_per_m, cfg) if right_mask is not None else None
+    right = find_instrument(right_mask, px_per_m, cfg) if right_mask is not None else None
     if right is not None:
         line = shaft_from_silhouettes(pair, inst, right, px_per_m, cfg)
         if line is not None:

@@ -155,6 +155,48 @@ def test_a_round_bright_blob_is_not_taken_for_the_instrument():
     assert inst is not None and inst.tip_px[0] < 260 and inst.area < 5000
 
 
+def _covered_bar(shape, centre_at, half_width, oversample=8):
+    """Each pixel's covered fraction of the band |u - centre_at(v)| <= half_width."""
+    h, w = shape
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    v = np.arange(h)[:, None, None, None] + sub[None, :, None, None]
+    u = np.arange(w)[None, None, :, None] + sub[None, None, None, :]
+    return (np.abs(u - centre_at(v)) <= half_width).mean((1, 3)).astype(np.float32)
+
+
+def test_a_probability_mask_places_edges_between_pixels():
+    """A mask given as probabilities has its edges where they cross 0.5: the shaft's width
+    and centre to hundredths of a pixel, where the thresholded mask is off by tenths."""
+    centre_at = lambda v: 120.3 + 0.35 * v  # noqa: E731
+    soft = _covered_bar((240, 320), centre_at, 10.3)
+    hard_inst = find_instrument(soft >= 0.5, 64000.0)
+    soft_inst = find_instrument(soft, 64000.0)
+    assert np.array_equal(soft_inst.mask, hard_inst.mask)
+    true_radius = 10.3 / np.hypot(1.0, 0.35)  # across the slanted band
+    assert soft_inst.radius_px == pytest.approx(true_radius, abs=0.05)
+    assert abs(hard_inst.radius_px - true_radius) > 0.1
+    # Hard masks given as floats are the same masks: nothing moves.
+    as_float = find_instrument((soft >= 0.5).astype(np.float32), 64000.0)
+    assert as_float.radius_px == pytest.approx(hard_inst.radius_px, abs=1e-9)
+    assert np.allclose(as_float.tip_px, hard_inst.tip_px)
+
+
+def test_probability_masks_give_sub_pixel_disparity_on_the_shaft(optics):
+    """The same rendered scene with its masks as covered fractions (rendered at 4x and
+    averaged): the silhouette's rows are matched at their sub-pixel centres."""
+    scene = make_scene(3, optics, kind="needle", gap=0.3e-3)
+    depth, _, _ = exact_views(scene, optics)
+    fine = optics.scaled_to(optics.height * 4, optics.width * 4)
+
+    def covered(eye):
+        m = render_layers(scene, fine, eye).mask.astype(np.float32)
+        return m.reshape(optics.height, 4, optics.width, 4).mean((1, 3))
+
+    m = measure(optics.stereo(), depth, covered("left"), covered("right"))
+    assert m.ok and m.method == "silhouette", m.reason
+    assert m.distance_normal == pytest.approx(scene.gap_normal, abs=25e-6)
+
+
 @pytest.mark.parametrize("kind", ["forceps", "scissors"])
 def test_jaws_and_blades_are_measured_not_modelled_as_the_shaft(optics, kind):
     """Open jaws and curved blades leave the shaft's axis: their radius is found from the

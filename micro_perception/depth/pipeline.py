@@ -65,6 +65,16 @@ class PipelineConfig:
             raise InputError(f"boundary_band_px must be >= 0, got {self.boundary_band_px}")
 
 
+def _threshold_at_half(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """``prob`` remapped piecewise linearly so that ``threshold`` becomes 0.5 (what the
+    geometry's soft masks are cut at), keeping 0 and 1."""
+    if threshold == 0.5:
+        return prob
+    low = prob * (0.5 / threshold)
+    high = 0.5 + (prob - threshold) * (0.5 / (1.0 - threshold))
+    return np.where(prob < threshold, low, high).astype(np.float32)
+
+
 @dataclass
 class FrameResult:
     depth: np.ndarray  # (H, W) float32, m, NaN unknown
@@ -204,17 +214,29 @@ class DepthPipeline:
             t0 = time.perf_counter()
             probs = self.segment([left, right])
             ms["segment"] = (time.perf_counter() - t0) * 1e3
-            mask, right_mask = probs[0] >= cfg.mask_threshold, probs[1] >= cfg.mask_threshold
         elif self.net is not None:
             if net_depth is None:
                 t0 = time.perf_counter()
                 _, probs = self.run_net([left, right])
                 ms["net"] = (time.perf_counter() - t0) * 1e3
-            mask, right_mask = probs[0] >= cfg.mask_threshold, probs[1] >= cfg.mask_threshold
         else:
             mask = self._height_mask(st.depth, st.confidence, pair)
+        soft = soft_right = None
+        if masks is None and (self.seg is not None or self.net is not None):
+            # The geometry places edges where the probability crosses the threshold, between
+            # pixels: a silhouette's centre moves by fractions of a pixel, its disparity too.
+            soft = _threshold_at_half(probs[0], cfg.mask_threshold)
+            soft_right = _threshold_at_half(probs[1], cfg.mask_threshold)
+            mask, right_mask = soft >= 0.5, soft_right >= 0.5
         t0 = time.perf_counter()
-        m = measure(pair, st.depth, mask, right_mask, st.confidence, cfg.geometry)
+        m = measure(
+            pair,
+            st.depth,
+            mask if soft is None else soft,
+            right_mask if soft_right is None else soft_right,
+            st.confidence,
+            cfg.geometry,
+        )
         ms["geometry"] = (time.perf_counter() - t0) * 1e3
         # What the geometry took for the instrument is the instrument: other mask pixels (the
         # optic disc, a highlight) are retina.
