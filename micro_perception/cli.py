@@ -801,6 +801,7 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
         init=args.init,
         bright_weight=args.bright_weight,
         bright_crops=args.bright_crops,
+        tip_crops=args.tip_crops,
         **_training_kwargs(args),
     )
     _print_training(train_segment(cfg))
@@ -1421,6 +1422,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bright-crops", type=float, default=0.0, help="share of crops centred on them"
+    )
+    p.add_argument(
+        "--tip-crops",
+        type=float,
+        default=0.0,
+        help="share of crops centred near the instrument's tip, where the distance is read",
     )
     p.set_defaults(func=cmd_train_segment)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(

@@ -175,3 +175,26 @@ def test_segmentation_training_lowers_the_loss_and_scores(depth_data, run_cli, c
         "aif",
     )
     assert {"iou", "edge_1px", "ms"} <= set(scores) and scores["_meta"]["images"] == 6
+
+
+def test_tip_crops_centre_the_instrument_working_end():
+    import cv2
+
+    from micro_perception.errors import InputError
+    from micro_perception.training.segment_train import SegmentCrops, SegmentTrainConfig
+
+    mask = np.zeros((256, 256), np.float32)
+    cv2.line(mask, (255, 20), (150, 180), 1.0, 14)  # enters at the right border, tip low left
+    item = {"image": np.zeros((256, 256, 3), np.uint8), "mask": mask}
+
+    def tip_inside(crops):
+        inside = []
+        for i in range(len(crops)):
+            _, _, rows, cols = crops.draw(i)
+            inside.append(rows.start <= 180 < rows.stop and cols.start <= 150 < cols.stop)
+        return inside
+
+    assert all(tip_inside(SegmentCrops([item], 64, 40, seed=0, tip_crops=1.0)))
+    assert not all(tip_inside(SegmentCrops([item], 64, 40, seed=0)))
+    with pytest.raises(InputError, match="tip_crops"):
+        SegmentTrainConfig(data="d", bright_crops=0.5, tip_crops=0.6)

@@ -40,6 +40,10 @@ class SegmentTrainConfig(TrainConfigBase):
     bright_weight: float = 1.0
     bright_crops: float = 0.0
     bright_level: float = 0.8  # luminance in [0, 1] above which background counts as bright
+    # Share of crops centred near the instrument's working end: the distance is read from the
+    # silhouette there (jaws, blades, a light pipe's end against its glow), a small part of
+    # a random crop.
+    tip_crops: float = 0.0
     net: SegNetConfig = field(default_factory=SegNetConfig)
 
     def __post_init__(self):
@@ -49,6 +53,11 @@ class SegmentTrainConfig(TrainConfigBase):
             raise InputError(
                 f"bright_weight must be >= 1 and bright_crops in [0, 1], got "
                 f"{self.bright_weight} and {self.bright_crops}"
+            )
+        if not 0.0 <= self.tip_crops <= 1.0 - self.bright_crops:
+            raise InputError(
+                f"tip_crops must be in [0, 1 - bright_crops], got {self.tip_crops} with "
+                f"bright_crops {self.bright_crops}"
             )
 
 
@@ -72,6 +81,15 @@ def load_masked_images(
     return items
 
 
+def working_end(item: dict) -> np.ndarray | None:
+    """The true mask's tip (u, v) in px, or None without an instrument."""
+    from micro_perception.geometry import find_instrument
+
+    # px_per_m only scales the working end's radius, unused here: a typical value.
+    inst = find_instrument(item["mask"] > 0, 64000.0)
+    return None if inst is None else inst.tip_px
+
+
 def bright_background(item: dict, level: float) -> np.ndarray:
     """Background pixels brighter than ``level`` (luminance in [0, 1]): the hard negatives."""
     grey = item["image"].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -81,25 +99,48 @@ def bright_background(item: dict, level: float) -> np.ndarray:
 class SegmentCrops(RandomCrops):
     """Random crops of in-memory images and their masks, turned and flipped alike, with
     photometric jitter, blur and noise on the image, and a per-pixel loss weight. A share
-    ``bright_crops`` of the crops is centred on bright background where an image has some."""
+    ``bright_crops`` of the crops is centred on bright background where an image has some, a
+    share ``tip_crops`` near the instrument's tip (within a quarter crop) where it has one."""
 
     def __init__(
-        self, items, crop, repeat, seed, bright_weight=1.0, bright_crops=0.0, bright_level=0.8
+        self,
+        items,
+        crop,
+        repeat,
+        seed,
+        bright_weight=1.0,
+        bright_crops=0.0,
+        bright_level=0.8,
+        tip_crops=0.0,
     ):
         super().__init__(items, crop, repeat, seed)
-        self.bright_weight, self.bright_crops = bright_weight, bright_crops
+        self.bright_weight, self.bright_crops, self.tip_crops = (
+            bright_weight,
+            bright_crops,
+            tip_crops,
+        )
         self.bright = [bright_background(it, bright_level) for it in items]
         self.bright_px = [np.argwhere(b)[::7] for b in self.bright]  # centres to draw from
+        self.tips = [working_end(it) if tip_crops > 0 else None for it in items]
+
+    def _centred(self, item, y, x):
+        h, w = self.size_of(item)
+        y0 = int(np.clip(round(y) - self.crop // 2, 0, h - self.crop))
+        x0 = int(np.clip(round(x) - self.crop // 2, 0, w - self.crop))
+        return slice(y0, y0 + self.crop), slice(x0, x0 + self.crop)
 
     def draw(self, i: int):
         rng, item, rows, cols = super().draw(i)
         k = i % len(self.items)
-        if self.bright_crops > 0 and len(self.bright_px[k]) and rng.uniform() < self.bright_crops:
-            h, w = self.size_of(item)
+        u = rng.uniform()
+        if u < self.bright_crops and len(self.bright_px[k]):
             y, x = self.bright_px[k][int(rng.integers(len(self.bright_px[k])))]
-            y0 = int(np.clip(y - self.crop // 2, 0, h - self.crop))
-            x0 = int(np.clip(x - self.crop // 2, 0, w - self.crop))
-            rows, cols = slice(y0, y0 + self.crop), slice(x0, x0 + self.crop)
+            rows, cols = self._centred(item, y, x)
+        elif self.bright_crops <= u < self.bright_crops + self.tip_crops and (
+            self.tips[k] is not None
+        ):
+            x, y = self.tips[k] + rng.uniform(-0.25, 0.25, 2) * self.crop
+            rows, cols = self._centred(item, y, x)
         return rng, item, rows, cols
 
     def __getitem__(self, i: int):
@@ -210,6 +251,7 @@ def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
                 cfg.bright_weight,
                 cfg.bright_crops,
                 cfg.bright_level,
+                cfg.tip_crops,
             ),
             step=step,
             validate=validate if val else None,
