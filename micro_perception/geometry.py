@@ -659,6 +659,24 @@ def _end_on_axis(pair, inst, point, d3, px_per_m, reach=1.0e-3) -> bool:
     return float(np.percentile(lateral, 95)) <= 1.5 * inst.tip_radius_px + 2.0
 
 
+def end_point(pair, left: Instrument2D, right: Instrument2D, cfg) -> np.ndarray | None:
+    """The working end's extreme point in 3D, from the silhouettes' last pixels along the left
+    view's shaft direction in both views, or None when they lie on different rows. A point both
+    views see has a disparity even where jaws or blades lie along the image rows, whose runs'
+    centres have none."""
+    ends = []
+    for inst in (left, right):
+        v, u = np.nonzero(inst.mask)
+        s = (u - left.tip_px[0]) * left.direction[0] + (v - left.tip_px[1]) * left.direction[1]
+        last = s <= s.min() + 0.5
+        ends.append((u[last].mean(), v[last].mean()))
+    (ul, vl), (ur, vr) = ends
+    if abs(vl - vr) > cfg.max_tip_row_offset_px:
+        return None
+    z = float(pair.depth_from_disparity(ul - ur))
+    return back_project(pair, ul, vl, z) if np.isfinite(z) else None
+
+
 def _points_gaps(sphere: SphereFit, pts: np.ndarray, radius: float, pct: float):
     """(normal gap, axial gap, nearest point, its foot) of tubes of ``radius`` around axis
     points ``pts``: the ``pct`` percentile of their gaps, not the minimum, against stray rows."""
@@ -771,6 +789,9 @@ def measure(
         )
         kind = "jaws or blades" if thin else "working end"
         out.notes.append(f"{kind} measured on {len(pts)} rows")
+    tip3 = end_point(pair, inst, right, cfg) if thin and right is not None else None
+    if tip3 is not None:  # the silhouette's edge: the surface lies r_tip further down
+        parts.append(_points_gaps(out.retina, tip3[None], r_tip, 0.0))
     gn = min(p[0] for p in parts)
     ga = min(p[1] for p in parts)
     _, _, nearest, foot = min(parts, key=lambda p: p[0])

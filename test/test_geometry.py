@@ -11,6 +11,7 @@ from micro_perception.geometry import (
     find_instrument,
     fit_sphere,
     measure,
+    project,
 )
 from micro_perception.optics import MicroscopeOptics
 from micro_perception.sim.render import render_layers
@@ -195,6 +196,27 @@ def test_probability_masks_give_sub_pixel_disparity_on_the_shaft(optics):
     m = measure(optics.stereo(), depth, covered("left"), covered("right"))
     assert m.ok and m.method == "silhouette", m.reason
     assert m.distance_normal == pytest.approx(scene.gap_normal, abs=25e-6)
+
+
+def test_the_end_point_of_jaws_along_the_rows_is_matched_between_views(optics):
+    """Jaws lying along the image rows: their runs' centres carry no disparity, their extreme
+    point does (here the right view's ends 7 px further left, on the same rows)."""
+    from micro_perception.geometry import end_point
+
+    pair = optics.stereo()
+    masks = []
+    for end in (150, 143):
+        m = np.zeros((optics.height, optics.width), bool)
+        m[180:202, end + 20 :] = True  # the shaft, entering at the right border
+        m[186:190, end : end + 20] = True  # a thin jaw
+        masks.append(m)
+    left, right = (find_instrument(m, 64000.0) for m in masks)
+    p = end_point(pair, left, right, GeometryConfig())
+    z = float(pair.depth_from_disparity(7.0))
+    assert p[2] == pytest.approx(z, rel=1e-9)
+    assert project(pair, p) == pytest.approx([150.0, 187.5], abs=1e-6)
+    masks[1] = np.roll(masks[1], 6, axis=0)  # not on one row: no match
+    assert end_point(pair, left, find_instrument(masks[1], 64000.0), GeometryConfig()) is None
 
 
 @pytest.mark.parametrize("kind", ["forceps", "scissors"])
