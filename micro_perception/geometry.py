@@ -42,6 +42,9 @@ METHODS = ("silhouette", "tip", "depth")
 class GeometryConfig:
     min_instrument_px: int = 60  # smaller mask components are not an instrument
     min_elongation: float = 2.5  # length / width (std along / across) of an instrument's mask
+    # Enclosed holes in the mask up to this area (m^2, about 100 px at 512x512) are a network's
+    # cracks (a light pipe's end against its glow), not the gap between jaws, and are filled.
+    max_hole_area: float = 2.5e-8
     contact_tolerance: float = 1.0e-3  # m inside the retina still read as contact (0), not unknown
     retina_margin_px: int = 10  # excluded around the instrument (mixed pixels, its shadow edge)
     min_confidence: float = 0.2  # stereo confidence a retina point needs
@@ -262,6 +265,25 @@ def _largest_component(
     return None
 
 
+def _fill_holes(comp: np.ndarray, max_px: float) -> np.ndarray:
+    """``comp`` with its enclosed background holes of at most ``max_px`` pixels filled."""
+    if max_px < 1:
+        return comp
+    v, u = np.nonzero(comp)
+    y0, x0 = v.min(), u.min()
+    box = comp[y0 : v.max() + 1, x0 : u.max() + 1]
+    # One pixel of background around the box joins everything outside into one component.
+    inv = np.pad(~box, 1, constant_values=True).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
+    outside = labels[0, 0]
+    small = [i for i in range(1, n) if i != outside and stats[i, cv2.CC_STAT_AREA] <= max_px]
+    if not small:
+        return comp
+    out = comp.copy()
+    out[y0 : v.max() + 1, x0 : u.max() + 1] |= np.isin(labels[1:-1, 1:-1], small)
+    return out
+
+
 def _border_distance(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     return np.minimum.reduce([pts[:, 0], pts[:, 1], w - 1 - pts[:, 0], h - 1 - pts[:, 1]])
@@ -315,6 +337,7 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
     comp = _largest_component(hard, cfg.min_instrument_px, cfg.min_elongation)
     if comp is None:
         return None
+    comp = _fill_holes(comp, cfg.max_hole_area * px_per_m**2)
     v, u = np.nonzero(comp)
     pts = np.stack([u, v], 1).astype(np.float64)
     centroid = pts.mean(0)

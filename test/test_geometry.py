@@ -198,6 +198,27 @@ def test_probability_masks_give_sub_pixel_disparity_on_the_shaft(optics):
     assert m.distance_normal == pytest.approx(scene.gap_normal, abs=25e-6)
 
 
+def test_a_crack_in_the_mask_is_filled_but_the_gap_between_jaws_is_not():
+    import cv2
+
+    mask = np.zeros((300, 400), np.uint8)
+    cv2.line(mask, (399, 150), (150, 150), 1, 25)
+    cv2.circle(mask, (150, 150), 12, 1, -1)  # a round end, like a light pipe's
+    cracked = mask.copy()
+    cv2.ellipse(cracked, (150, 150), (8, 8), 0, -60, 60, 0, 1)  # the network's crack
+    whole, filled = find_instrument(mask, 64000.0), find_instrument(cracked, 64000.0)
+    assert filled.tip_radius_px == pytest.approx(whole.tip_radius_px, abs=0.5)
+    assert filled.tip_radius_px > 0.6 * filled.radius_px  # a round end, not jaws
+    unfilled = find_instrument(cracked, 64000.0, GeometryConfig(max_hole_area=0.0))
+    assert unfilled.tip_radius_px < 0.6 * unfilled.radius_px
+    jaws = np.zeros((300, 400), np.uint8)
+    cv2.line(jaws, (399, 150), (220, 150), 1, 25)
+    for end in ((140, 138), (140, 162)):  # open jaws: the gap between them reaches out
+        cv2.line(jaws, (222, 150), end, 1, 7)
+    open_jaws = find_instrument(jaws, 64000.0)
+    assert not open_jaws.mask[150, 160]
+
+
 def test_the_end_point_of_jaws_along_the_rows_is_matched_between_views(optics):
     """Jaws lying along the image rows: their runs' centres carry no disparity, their extreme
     point does (here the right view's ends 7 px further left, on the same rows)."""
