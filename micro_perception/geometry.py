@@ -7,9 +7,11 @@ microscope), the frame every output of the depth node uses.
   and then least squares, excluding the instrument, a margin around it and unconfident pixels
   (its shadow has little texture, so stereo gives it no confidence). The inliers' RMS distance to
   the sphere is the fit's quality figure.
-* **Instrument**: the largest mask component; the end of its principal axis nearer the image
-  border (or the vignette) is where it enters, the other end is the tip, located at sub-pixel
-  precision along the axis. The shaft's width across that axis gives its radius.
+* **Instrument**: the largest elongated mask component, small enclosed holes filled; the end of
+  its principal axis nearer the image border (or the vignette) is where it enters, the other end
+  is the tip, located at sub-pixel precision along the axis. The shaft's width across that axis
+  gives its radius. A mask may come as probabilities: runs then end where they cross 0.5
+  between pixels, so silhouettes move by fractions of a pixel, not whole pixels.
 * **Shaft in 3D**: the cameras see the top of a polished, curved instrument, whose stereo depth
   is biased by view-dependent highlights. Silhouettes are not: where the shaft crosses image rows,
   the centre of the left mask's run and of the right mask's run on the same row are the same
@@ -21,7 +23,8 @@ microscope), the frame every output of the depth node uses.
   gap along the retina normal is ``R - |p - c| - r`` minimised over the axis (p on the axis, c
   and R the sphere); along the optical axis, the smallest depth difference between the capsule's
   surface and the retina straight below it. Both subtract the instrument's thickness, so they
-  measure from its unseen underside.
+  measure from its unseen underside. Jaws and blades (a working end thinner than the shaft) are
+  measured instead: their rows in both views and their extreme point matched between the views.
 """
 
 from __future__ import annotations
