@@ -600,8 +600,6 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
         rl, rr = _runs(regions[0][y]), _runs(regions[1][y])
         if len(rl) != len(rr):
             continue
-        if not len(rl):
-            continue
         yy = np.full(len(rl), y)
         el = _edges(left.soft, yy, rl[:, 0], rl[:, 1])
         er = _edges(right.soft, yy, rr[:, 0], rr[:, 1])
@@ -693,7 +691,7 @@ def end_point(pair, left: Instrument2D, right: Instrument2D, cfg) -> np.ndarray 
     ends = []
     for inst in (left, right):
         v, u = np.nonzero(inst.mask)
-        s = (u - left.tip_px[0]) * left.direction[0] + (v - left.tip_px[1]) * left.direction[1]
+        s = left.along(u, v)  # both views along the left's direction: one physical end
         last = s <= s.min() + 0.5
         ends.append((u[last].mean(), v[last].mean()))
     (ul, vl), (ur, vr) = ends

@@ -114,11 +114,9 @@ class SegmentCrops(RandomCrops):
         tip_crops=0.0,
     ):
         super().__init__(items, crop, repeat, seed)
-        self.bright_weight, self.bright_crops, self.tip_crops = (
-            bright_weight,
-            bright_crops,
-            tip_crops,
-        )
+        self.bright_weight = bright_weight
+        self.bright_crops = bright_crops
+        self.tip_crops = tip_crops
         self.bright = [bright_background(it, bright_level) for it in items]
         self.bright_px = [np.argwhere(b)[::7] for b in self.bright]  # centres to draw from
         self.tips = [working_end(it) if tip_crops > 0 else None for it in items]
