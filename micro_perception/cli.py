@@ -802,6 +802,8 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
         bright_weight=args.bright_weight,
         bright_crops=args.bright_crops,
         tip_crops=args.tip_crops,
+        edge_weight=args.edge_weight,
+        edge_band=args.edge_band,
         **_training_kwargs(args),
     )
     _print_training(train_segment(cfg))
@@ -1429,6 +1431,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of crops centred near the instrument's tip, where the distance is read",
     )
+    p.add_argument(
+        "--edge-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of pixels near the true outline, where the distance is read",
+    )
+    p.add_argument("--edge-band", type=int, default=2, help="px either side of the outline")
     p.set_defaults(func=cmd_train_segment)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
         dest="net", required=True

@@ -198,3 +198,26 @@ def test_tip_crops_centre_the_instrument_working_end():
     assert not all(tip_inside(SegmentCrops([item], 64, 40, seed=0)))
     with pytest.raises(InputError, match="tip_crops"):
         SegmentTrainConfig(data="d", bright_crops=0.5, tip_crops=0.6)
+
+
+def test_edge_weight_stresses_the_outline_band_only():
+    import cv2
+
+    from micro_perception.errors import InputError
+    from micro_perception.training.segment_train import SegmentCrops, SegmentTrainConfig
+
+    mask = np.zeros((64, 64), np.float32)
+    cv2.rectangle(mask, (20, 10), (40, 60), 1.0, -1)
+    item = {"image": np.zeros((64, 64, 3), np.uint8), "mask": mask}
+    _, target, weight = SegmentCrops([item], 64, 1, seed=0, edge_weight=4.0, edge_band=2)[0]
+    target, weight = target[0].numpy(), weight[0].numpy()
+    # The same quarter turn and flip apply to mask and weight: the band follows the outline.
+    inside = cv2.erode(target.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    outside = cv2.dilate(target.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+    band = ~inside & ~outside
+    assert np.all(weight[band] == 4.0)
+    assert np.all(weight[inside | outside] == 1.0)
+    _, _, plain = SegmentCrops([item], 64, 1, seed=0)[0]
+    assert torch.all(plain == 1.0)
+    with pytest.raises(InputError, match="edge_weight"):
+        SegmentTrainConfig(data="d", edge_weight=0.5)

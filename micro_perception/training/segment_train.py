@@ -44,6 +44,10 @@ class SegmentTrainConfig(TrainConfigBase):
     # silhouette there (jaws, blades, a light pipe's end against its glow), a small part of
     # a random crop.
     tip_crops: float = 0.0
+    # BCE weight of pixels within edge_band px of the true outline: the distance is read from
+    # where the edges lie, a thin share of any crop's pixels.
+    edge_weight: float = 1.0
+    edge_band: int = 2
     net: SegNetConfig = field(default_factory=SegNetConfig)
 
     def __post_init__(self):
@@ -53,6 +57,11 @@ class SegmentTrainConfig(TrainConfigBase):
             raise InputError(
                 f"bright_weight must be >= 1 and bright_crops in [0, 1], got "
                 f"{self.bright_weight} and {self.bright_crops}"
+            )
+        if self.edge_weight < 1.0 or self.edge_band < 1:
+            raise InputError(
+                f"edge_weight must be >= 1 and edge_band >= 1 px, got {self.edge_weight} and "
+                f"{self.edge_band}"
             )
         if not 0.0 <= self.tip_crops <= 1.0 - self.bright_crops:
             raise InputError(
@@ -112,9 +121,13 @@ class SegmentCrops(RandomCrops):
         bright_crops=0.0,
         bright_level=0.8,
         tip_crops=0.0,
+        edge_weight=1.0,
+        edge_band=2,
     ):
         super().__init__(items, crop, repeat, seed)
         self.bright_weight = bright_weight
+        self.edge_weight = edge_weight
+        self.edge_band = edge_band
         self.bright_crops = bright_crops
         self.tip_crops = tip_crops
         self.bright = [bright_background(it, bright_level) for it in items]
@@ -146,6 +159,8 @@ class SegmentCrops(RandomCrops):
         image = item["image"][rows, cols].astype(np.float32) / 255.0
         mask = item["mask"][rows, cols]
         weight = 1.0 + (self.bright_weight - 1.0) * self.bright[i % len(self.items)][rows, cols]
+        if self.edge_weight > 1.0:
+            weight = weight + (self.edge_weight - 1.0) * outline_band(mask, self.edge_band)
         turns = int(rng.integers(0, 4))
         image, mask, weight = (np.rot90(a, turns) for a in (image, mask, weight))
         if rng.uniform() < 0.5:
@@ -163,6 +178,13 @@ class SegmentCrops(RandomCrops):
             torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
             torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))[None],
         )
+
+
+def outline_band(mask: np.ndarray, band: int) -> np.ndarray:
+    """Pixels within ``band`` px of a mask's outline, on either side."""
+    m = (mask > 0).astype(np.uint8)
+    k = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
+    return cv2.dilate(m, k) != cv2.erode(m, k)
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -222,7 +244,8 @@ def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
 
         def step(model, batch, rng):
             image, mask, weight = batch
-            loss = mask_loss(model(image), mask, weight if cfg.bright_weight > 1 else None)
+            weighted = cfg.bright_weight > 1 or cfg.edge_weight > 1
+            loss = mask_loss(model(image), mask, weight if weighted else None)
             return loss, {"mask": float(loss.detach())}
 
         def validate(net) -> dict:
@@ -250,6 +273,8 @@ def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
                 cfg.bright_crops,
                 cfg.bright_level,
                 cfg.tip_crops,
+                cfg.edge_weight,
+                cfg.edge_band,
             ),
             step=step,
             validate=validate if val else None,
