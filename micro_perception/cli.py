@@ -469,6 +469,10 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 BENCH_PARTS = ("stages", "peers", "networks", "end_to_end", "transport")
+SEG_FLIPS_HELP = (
+    "segment each image as is (1), also mirrored (2: left-right, 4: and upside down) and "
+    "average; 2x or 4x the segmentation time"
+)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -847,7 +851,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
             context,
             sim,
             {"slices_per_stack": args.slices, "device": args.device, "publish_focus_depth": False},
-            {"device": args.device},
+            {"device": args.device, "seg_flips": args.seg_flips},
             done,
             args.timeout,
             namespace="/hover",
@@ -1033,7 +1037,7 @@ def _pipeline(args: argparse.Namespace, estimator: str):
     from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
 
     return DepthPipeline(
-        PipelineConfig(estimator=estimator),
+        PipelineConfig(estimator=estimator, seg_flips=args.seg_flips),
         depth_weights=getattr(args, "weights", None),
         seg_weights=args.seg_weights or "default",
         device=args.device,
@@ -1133,10 +1137,14 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
     """Score the instrument-to-retina distance and the alert against simulated ground truth."""
     from pathlib import Path
 
-    from micro_perception.depth.pipeline import DepthPipeline
+    from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
     from micro_perception.training.distance_eval import evaluate_distance
 
-    pipe = DepthPipeline(seg_weights=args.seg_weights or "default", device=args.device)
+    pipe = DepthPipeline(
+        PipelineConfig(seg_flips=args.seg_flips),
+        seg_weights=args.seg_weights or "default",
+        device=args.device,
+    )
     result = evaluate_distance(
         args.data,
         pipe,
@@ -1483,6 +1491,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the true instrument masks: the geometry's own error",
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument("--seg-flips", type=int, default=1, choices=[1, 2, 4], help=SEG_FLIPS_HELP)
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])
     p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")
@@ -1508,6 +1517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-rate", type=float, default=1.0, help="sweeps per second")
     p.add_argument("--frame-noise", type=float, default=1.5, help="grey levels (std)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--seg-flips", type=int, default=1, choices=[1, 2, 4], help=SEG_FLIPS_HELP)
     p.add_argument("--timeout", type=float, default=1800.0, help="s")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_hover)
@@ -1524,6 +1534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="combined", choices=["combined", "stereo", "net"])
     p.add_argument("--weights", help="depth network weights (for --method net)")
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument("--seg-flips", type=int, default=1, choices=[1, 2, 4], help=SEG_FLIPS_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", help="also write a colour map here")
     p.set_defaults(func=cmd_depth)
@@ -1534,6 +1545,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera-info", nargs=2, required=True, help="LEFT.yaml RIGHT.yaml (ROS calibration)"
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument("--seg-flips", type=int, default=1, choices=[1, 2, 4], help=SEG_FLIPS_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])
     p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")

@@ -63,6 +63,26 @@ def test_distance_through_the_pipeline_and_its_mask_sources(needle):
         PipelineConfig(estimator="guess")
 
 
+def test_seg_flips_average_the_mirrored_images_probabilities(needle):
+    from micro_perception.resources import shipped_model
+
+    images = [needle.left.aif, needle.right.aif]
+    plain = DepthPipeline(seg_weights=shipped_model("segmentation.pt"), device="cpu")
+    p1 = plain.segment(images)
+    mirrored = plain.segment([np.ascontiguousarray(i[:, ::-1]) for i in images])[:, :, ::-1]
+    upside = plain.segment([np.ascontiguousarray(i[::-1]) for i in images])[:, ::-1]
+    both = plain.segment([np.ascontiguousarray(i[::-1, ::-1]) for i in images])[:, ::-1, ::-1]
+    assert np.abs(p1 - mirrored).max() > 1e-3  # the network is not mirror-symmetric
+    for n, want in ((2, (p1 + mirrored) / 2), (4, (p1 + mirrored + upside + both) / 4)):
+        pipe = DepthPipeline(
+            PipelineConfig(seg_flips=n), seg_weights=shipped_model("segmentation.pt"), device="cpu"
+        )
+        got = pipe.segment(images)
+        assert got.shape == p1.shape and np.abs(got - want).max() < 1e-5
+    with pytest.raises(InputError, match="seg_flips"):
+        PipelineConfig(seg_flips=3)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, needle):
     import cv2

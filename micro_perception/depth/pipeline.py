@@ -41,12 +41,17 @@ from micro_perception.geometry import (
 from micro_perception.inference import Runtime, RuntimeConfig, pick_device
 
 ESTIMATORS = ("combined", "stereo", "net")
+SEG_FLIPS = (1, 2, 4)
+_FLIP_DIMS = ((), (3,), (2,), (2, 3))  # of an (N, C, H, W) batch
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     estimator: str = "combined"
     mask_threshold: float = 0.5  # on the mask head's probability
+    # Segment the image and its mirror images (1: as is; 2: and flipped left-right; 4: and
+    # upside down, both) and average: the network's errors at the edges differ between them.
+    seg_flips: int = 1
     min_height: float = 150e-6  # m above the retina: the mask without a network
     boundary_band_px: int = 4  # retina pixels this close to the instrument take the retina model
     retina_tolerance: float = 0.5e-3  # m off the retina model: a stereo mismatch, made unknown
@@ -61,6 +66,8 @@ class PipelineConfig:
             )
         if not 0.0 < self.mask_threshold < 1.0:
             raise InputError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if self.seg_flips not in SEG_FLIPS:
+            raise InputError(f"seg_flips must be one of {list(SEG_FLIPS)}, got {self.seg_flips}")
         if self.boundary_band_px < 0:
             raise InputError(f"boundary_band_px must be >= 0, got {self.boundary_band_px}")
 
@@ -170,9 +177,15 @@ class DepthPipeline:
 
     @torch.inference_mode()
     def segment(self, images: list[np.ndarray]) -> np.ndarray:
-        """Instrument probability of each RGB image, (N, H, W) float32."""
+        """Instrument probability of each RGB image, (N, H, W) float32 (the mean over
+        ``seg_flips`` mirror images)."""
         x = self._batch(images)
-        return torch.sigmoid(self.seg(x)[:, 0]).float().cpu().numpy()
+        prob = None
+        for dims in _FLIP_DIMS[: self.cfg.seg_flips]:
+            p = torch.sigmoid(self.seg(x.flip(dims) if dims else x)[:, :1].float())
+            p = p.flip(dims) if dims else p
+            prob = p if prob is None else prob + p
+        return (prob[:, 0] / self.cfg.seg_flips).cpu().numpy()
 
     def _batch(self, images: list[np.ndarray]) -> torch.Tensor:
         x = torch.stack([torch.from_numpy(np.ascontiguousarray(i)) for i in images])

@@ -32,7 +32,12 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, Range
 from std_msgs.msg import Bool, ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from micro_perception.depth.pipeline import ESTIMATORS, DepthPipeline, PipelineConfig
+from micro_perception.depth.pipeline import (
+    ESTIMATORS,
+    SEG_FLIPS,
+    DepthPipeline,
+    PipelineConfig,
+)
 from micro_perception.errors import InputError
 from micro_perception.geometry import DISTANCE_MODES, back_project
 from micro_perception.ros.conversions import (
@@ -128,6 +133,14 @@ PARAMS = [
         0.99,
         read_only=True,
     ),
+    ParamSpec(
+        "seg_flips",
+        1,
+        "segment each image as is (1), also mirrored left-right (2), also upside down (4), "
+        "and average: steadier edges for 2x or 4x the segmentation time",
+        choices=SEG_FLIPS,
+        read_only=True,
+    ),
     ParamSpec("range_max", 0.02, "Range.max_range, m", 1e-3, 1.0, read_only=True),
     ParamSpec(
         "queue_policy",
@@ -145,7 +158,11 @@ class DepthNode(Node):
         super().__init__("depth_node", **kwargs)
         self.params = p = Parameters(self, PARAMS)
         self.pipeline = DepthPipeline(
-            PipelineConfig(estimator=p["estimator"], mask_threshold=p["mask_threshold"]),
+            PipelineConfig(
+                estimator=p["estimator"],
+                mask_threshold=p["mask_threshold"],
+                seg_flips=p["seg_flips"],
+            ),
             depth_weights=p["depth_weights"] or None,
             seg_weights=p["seg_weights"] or "default",
             runtime=runtime_config(p),
