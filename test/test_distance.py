@@ -67,7 +67,9 @@ def test_seg_flips_average_the_mirrored_images_probabilities(needle):
     from micro_perception.resources import shipped_model
 
     images = [needle.left.aif, needle.right.aif]
-    plain = DepthPipeline(seg_weights=shipped_model("segmentation.pt"), device="cpu")
+    plain = DepthPipeline(
+        PipelineConfig(seg_flips=1), seg_weights=shipped_model("segmentation.pt"), device="cpu"
+    )
     p1 = plain.segment(images)
     mirrored = plain.segment([np.ascontiguousarray(i[:, ::-1]) for i in images])[:, :, ::-1]
     upside = plain.segment([np.ascontiguousarray(i[::-1]) for i in images])[:, ::-1]

@@ -51,7 +51,7 @@ class PipelineConfig:
     mask_threshold: float = 0.5  # on the mask head's probability
     # Segment the image and its mirror images (1: as is; 2: and flipped left-right; 4: and
     # upside down, both) and average: the network's errors at the edges differ between them.
-    seg_flips: int = 1
+    seg_flips: int = 2
     min_height: float = 150e-6  # m above the retina: the mask without a network
     boundary_band_px: int = 4  # retina pixels this close to the instrument take the retina model
     retina_tolerance: float = 0.5e-3  # m off the retina model: a stereo mismatch, made unknown
