@@ -335,8 +335,11 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
     ``mask``: hard, or a probability (see ``soft_mask``). ``px_per_m`` converts the config's
     lengths to pixels (fx / working depth).
     """
-    cfg = cfg or GeometryConfig()
-    hard, soft = soft_mask(mask)
+    return _find_instrument(*soft_mask(mask), px_per_m, cfg or GeometryConfig())
+
+
+def _find_instrument(hard, soft, px_per_m: float, cfg: GeometryConfig):
+    """find_instrument on a mask already split by soft_mask."""
     comp = _largest_component(hard, cfg.min_instrument_px, cfg.min_elongation)
     if comp is None:
         return None
@@ -741,15 +744,15 @@ def measure(
     if right_mask is not None and right_mask.shape != depth.shape:
         raise InputError(f"right mask {right_mask.shape} and depth {depth.shape} differ in size")
     out = Measurement()
-    inst_mask = soft_mask(mask)[0] if mask is not None else np.zeros(depth.shape, bool)
+    hard, soft = soft_mask(mask) if mask is not None else (np.zeros(depth.shape, bool), None)
     try:
-        out.retina = fit_sphere(retina_points(depth, pair, inst_mask, confidence, cfg), cfg)
+        out.retina = fit_sphere(retina_points(depth, pair, hard, confidence, cfg), cfg)
     except InputError as exc:
         out.reason = f"retina fit failed: {exc}"
         return out
     z0 = float(np.nanmedian(depth)) if np.isfinite(depth).any() else pair.convergence_distance
     px_per_m = pair.left.fx / z0
-    inst = find_instrument(mask, px_per_m, cfg) if inst_mask.any() else None
+    inst = _find_instrument(hard, soft, px_per_m, cfg) if hard.any() else None
     if inst is None:
         out.reason = "no instrument in view"
         return out
