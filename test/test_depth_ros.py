@@ -62,7 +62,7 @@ def test_every_output_has_its_type_frame_and_stamp(run):
     assert cloud.shape == (128, 128) and {"x", "y", "z", "rgb"} <= set(cloud.dtype.names)
     values = {kv.key: kv.value for kv in health.values}
     assert values["estimator"] == "combined" and values["device"] == "cpu"
-    assert values["masks"] == "segmentation"
+    assert values["masks"] == "segmentation" and values["seg_flips"] == "2"
 
 
 def test_distance_follows_the_ground_truth_and_the_alert_switches(run):

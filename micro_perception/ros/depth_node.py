@@ -181,6 +181,7 @@ class DepthNode(Node):
                 "estimator": p["estimator"],
                 "device": str(self.pipeline.device),
                 "masks": self.pipeline.mask_source,
+                "seg_flips": str(p["seg_flips"]),
             }
         )
         for net, described in self.pipeline.runtimes().items():
