@@ -469,10 +469,18 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 BENCH_PARTS = ("stages", "peers", "networks", "end_to_end", "transport")
-SEG_FLIPS_HELP = (
-    "segment each image as is (1), also mirrored (2, the default: left-right; 4: and upside "
-    "down) and average; 2x or 4x the segmentation time"
-)
+
+
+def _add_seg_flips_arg(p: argparse.ArgumentParser) -> None:
+    # Literals, not depth.pipeline's SEG_FLIPS and default: building the parser imports no torch.
+    p.add_argument(
+        "--seg-flips",
+        type=int,
+        default=2,
+        choices=[1, 2, 4],
+        help="segment each image as is (1), also mirrored (2, the default: left-right; 4: and "
+        "upside down) and average; 2x or 4x the segmentation time",
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -1491,7 +1499,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the true instrument masks: the geometry's own error",
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    p.add_argument("--seg-flips", type=int, default=2, choices=[1, 2, 4], help=SEG_FLIPS_HELP)
+    _add_seg_flips_arg(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])
     p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")
@@ -1517,7 +1525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-rate", type=float, default=1.0, help="sweeps per second")
     p.add_argument("--frame-noise", type=float, default=1.5, help="grey levels (std)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seg-flips", type=int, default=2, choices=[1, 2, 4], help=SEG_FLIPS_HELP)
+    _add_seg_flips_arg(p)
     p.add_argument("--timeout", type=float, default=1800.0, help="s")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_hover)
@@ -1534,7 +1542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="combined", choices=["combined", "stereo", "net"])
     p.add_argument("--weights", help="depth network weights (for --method net)")
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    p.add_argument("--seg-flips", type=int, default=2, choices=[1, 2, 4], help=SEG_FLIPS_HELP)
+    _add_seg_flips_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", help="also write a colour map here")
     p.set_defaults(func=cmd_depth)
@@ -1545,7 +1553,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera-info", nargs=2, required=True, help="LEFT.yaml RIGHT.yaml (ROS calibration)"
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    p.add_argument("--seg-flips", type=int, default=2, choices=[1, 2, 4], help=SEG_FLIPS_HELP)
+    _add_seg_flips_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])
     p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")

@@ -83,6 +83,18 @@ def test_seg_flips_average_the_mirrored_images_probabilities(needle):
         assert got.shape == p1.shape and np.abs(got - want).max() < 1e-5
     with pytest.raises(InputError, match="seg_flips"):
         PipelineConfig(seg_flips=3)
+    # The commands' --seg-flips spells out the pipeline's choices and default (no torch import).
+    from micro_perception.cli import build_parser
+    from micro_perception.depth.pipeline import SEG_FLIPS
+
+    for argv in (["eval", "distance", "--data", "d"], ["eval", "hover"]):
+        assert build_parser().parse_args(argv).seg_flips == PipelineConfig().seg_flips
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "distance", "--data", "d", "--seg-flips", "3"])
+    assert all(
+        build_parser().parse_args(["eval", "hover", "--seg-flips", str(n)]).seg_flips == n
+        for n in SEG_FLIPS
+    )
 
 
 @pytest.fixture(scope="module")

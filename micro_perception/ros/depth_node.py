@@ -135,7 +135,7 @@ PARAMS = [
     ),
     ParamSpec(
         "seg_flips",
-        2,
+        PipelineConfig.seg_flips,
         "segment each image as is (1), also mirrored left-right (2), also upside down (4), "
         "and average: steadier edges for 2x or 4x the segmentation time",
         choices=SEG_FLIPS,

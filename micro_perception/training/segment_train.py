@@ -242,9 +242,10 @@ def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
         items = load_masked_images(cfg.data, cfg.input, device=str(device))
         val = load_masked_images(cfg.val, cfg.input, cfg.val_limit, str(device)) if cfg.val else []
 
+        weighted = cfg.bright_weight > 1 or cfg.edge_weight > 1
+
         def step(model, batch, rng):
             image, mask, weight = batch
-            weighted = cfg.bright_weight > 1 or cfg.edge_weight > 1
             loss = mask_loss(model(image), mask, weight if weighted else None)
             return loss, {"mask": float(loss.detach())}
 
