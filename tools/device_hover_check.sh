@@ -16,6 +16,7 @@ E2E_RATE=${E2E_RATE:-10}
 INSTRUMENTS=${INSTRUMENTS:-needle vitrector light_pipe forceps scissors}
 PARTS=${PARTS:-hover,stages,e2e,exit}
 EXIT_WAIT=${EXIT_WAIT:-75}
+HOVER_TIMEOUT=${HOVER_TIMEOUT:-300}
 OUT=${OUT:-device_out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log_hover.txt") 2>&1
@@ -37,7 +38,7 @@ stamp "eval hover x5 side by side: $FRAMES frames, $SWEEP_RATE sweeps/s, CUDA"
 i=0
 for k in $INSTRUMENTS; do
   i=$((i + 1))
-  ROS_DOMAIN_ID=$((60 + i)) OMP_NUM_THREADS=3 timeout -k 10 300 $MP eval hover --instrument "$k" \
+  ROS_DOMAIN_ID=$((60 + i)) OMP_NUM_THREADS=3 timeout -k 10 "$HOVER_TIMEOUT" $MP eval hover --instrument "$k" \
     --frames "$FRAMES" --sweep-rate "$SWEEP_RATE" --device cuda --json \
     > "$OUT/hover_$k.json" 2> "/tmp/hover_$k.err" &
 done
