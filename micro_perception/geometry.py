@@ -65,7 +65,6 @@ class GeometryConfig:
     end_percentile: float = 1.0  # of the jaws' or blades' gaps: their lowest, less a stray row
     min_rows: int = 12  # rows crossing the shaft needed for the silhouette method
     min_row_angle_deg: float = 15.0  # shafts flatter than this are matched by their tip
-    max_row_offset_px: float = 0.5  # a row's centre this far off its view's shaft line is left out
     max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
     # Instruments enter through the pars plana, this far (deg) from the posterior pole: the
     # slope of a shaft lying along the image rows, which stereo cannot see, is the one that
@@ -80,8 +79,6 @@ class GeometryConfig:
             raise InputError(f"ransac_threshold must be in (0, 1 mm), got {self.ransac_threshold}")
         if self.shaft_length <= 0 or self.shaft_start < 0:
             raise InputError("shaft_length must be > 0 and shaft_start >= 0")
-        if not self.max_row_offset_px > 0:
-            raise InputError(f"max_row_offset_px must be > 0, got {self.max_row_offset_px}")
 
 
 @dataclass
@@ -494,13 +491,6 @@ def shaft_from_silhouettes(
             & (along <= (cfg.shaft_start + cfg.shaft_length) * px_per_m)
         )
         centres.append(c)
-    # A straight shaft's row centres lie on a line in each view. A row off it has an edge lost
-    # against the optic disc or a shadow; at 140 um of depth per pixel of disparity, a few
-    # such rows would tilt the axis.
-    for c in centres:
-        if use.sum() < cfg.min_rows:
-            return None
-        use &= _on_line(rows, c, use, cfg.max_row_offset_px)
     if use.sum() < cfg.min_rows:
         return None
     z = pair.depth_from_disparity(centres[0][use] - centres[1][use])
@@ -543,24 +533,6 @@ def _axis_depth_line(top, px_per_m) -> tuple[float, float]:
     b = _robust_line_1d(along, z)[1]
     stretch = np.sqrt(1.0 + (b * px_per_m) ** 2)
     return _robust_line_1d(along, z + lift * stretch)
-
-
-def _on_line(x: np.ndarray, y: np.ndarray, use: np.ndarray, tol: float) -> np.ndarray:
-    """Which samples lie within ``tol`` of the line y(x) that most of the ``use`` ones share
-    (consensus of lines through sample pairs, then least squares on its members). A run of
-    wrong samples at one end would drag a least-squares start far enough to reject good ones."""
-    xs, ys = x[use], y[use]
-    rng = np.random.default_rng(0)
-    i, j = rng.integers(0, len(xs), (2, 200))
-    ok = xs[i] != xs[j]
-    i, j = i[ok], j[ok]
-    b = (ys[j] - ys[i]) / (xs[j] - xs[i])
-    a = ys[i] - b * xs[i]
-    votes = (np.abs(ys[None, :] - (a[:, None] + b[:, None] * xs[None, :])) <= tol).sum(1)
-    k = int(np.argmax(votes))
-    inside = np.abs(y - (a[k] + b[k] * x)) <= tol
-    bb, aa = np.polyfit(x[use & inside], y[use & inside], 1)
-    return np.abs(y - (aa + bb * x)) <= tol
 
 
 def _robust_line_1d(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
