@@ -17,17 +17,7 @@ INSTRUMENTS=${INSTRUMENTS:-needle vitrector light_pipe forceps scissors}
 PARTS=${PARTS:-hover,stages,e2e,exit}
 EXIT_WAIT=${EXIT_WAIT:-75}
 HOVER_TIMEOUT=${HOVER_TIMEOUT:-300}
-OUT=${OUT:-device_out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log_hover.txt") 2>&1
-stamp() { echo "== $(date +%T) $*"; }
-stamp "install the wheels"
-python3 -m pip install -q --no-index --no-deps --no-compile --prefix /tmp/rosenv .whl/*.whl
-SITE=$(find /tmp/rosenv -type d -name site-packages | head -1)
-LIBS=$(find "$SITE" -maxdepth 1 -type d -name 'ros_*.libs' | tr '\n' ':')
-export PYTHONPATH=$PWD:$SITE PYTHONUNBUFFERED=1 _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
-export LD_LIBRARY_PATH=/tmp/rosenv/lib:$LIBS${LD_LIBRARY_PATH:-}
-export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+. "$(dirname "$0")/device_ros_env.sh" log_hover.txt
 MP="python3 -m micro_perception.cli"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import rclpy, torch; print('rclpy ok; torch', torch.__version__, torch.cuda.get_device_name(0))"

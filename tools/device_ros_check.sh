@@ -10,17 +10,8 @@ set -u
 SELFTEST=${SELFTEST:-1}
 PARTS=${PARTS:-end_to_end,transport}
 SIZES=${SIZES:---size 512 512 --size 1080 1920}
-OUT=${OUT:-device_out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log_ros.txt") 2>&1
-stamp() { echo "== $(date +%T) $*"; }
-stamp "install the wheels"
-python3 -m pip install -q --no-index --no-deps --no-compile --prefix /tmp/rosenv .whl/*.whl
-SITE=$(find /tmp/rosenv -type d -name site-packages | head -1)
-LIBS=$(find "$SITE" -maxdepth 1 -type d -name 'ros_*.libs' | tr '\n' ':')
-export PYTHONPATH=$PWD:$SITE PYTHONUNBUFFERED=1 _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
-export LD_LIBRARY_PATH=/tmp/rosenv/lib:$LIBS${LD_LIBRARY_PATH:-}
-export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=42
+. "$(dirname "$0")/device_ros_env.sh" log_ros.txt
+export ROS_DOMAIN_ID=42
 MP="python3 -m micro_perception.cli"
 python3 -c "import rclpy, torch; print('rclpy ok; torch', torch.__version__, torch.cuda.get_device_name(0))"
 stamp "transport check 1080p: mp_shm, then sensor_msgs/Image"
