@@ -65,6 +65,13 @@ class GeometryConfig:
     end_percentile: float = 1.0  # of the jaws' or blades' gaps: their lowest, less a stray row
     min_rows: int = 12  # rows crossing the shaft needed for the silhouette method
     min_row_angle_deg: float = 15.0  # shafts flatter than this are matched by their tip
+    # Rows whose silhouette edge the network lost (against the optic disc, a shadow) bend the
+    # 3D axis. Only when the axis fit's median residual exceeds refit_residual (m) is it refit
+    # on the rows whose centres lie on one straight image line (straight_row_tol_px across the
+    # shaft), and the refit is kept only if it halves the residual: a flat shaft's row centres
+    # wander along the rows, and checking every fit picked the wrong rows there.
+    refit_residual: float = 30e-6
+    straight_row_tol_px: float = 0.5
     max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
     # Instruments enter through the pars plana, this far (deg) from the posterior pole: the
     # slope of a shaft lying along the image rows, which stereo cannot see, is the one that
@@ -79,6 +86,8 @@ class GeometryConfig:
             raise InputError(f"ransac_threshold must be in (0, 1 mm), got {self.ransac_threshold}")
         if self.shaft_length <= 0 or self.shaft_start < 0:
             raise InputError("shaft_length must be > 0 and shaft_start >= 0")
+        if self.refit_residual <= 0 or self.straight_row_tol_px <= 0:
+            raise InputError("refit_residual and straight_row_tol_px must be > 0")
 
 
 @dataclass
@@ -493,13 +502,55 @@ def shaft_from_silhouettes(
         centres.append(c)
     if use.sum() < cfg.min_rows:
         return None
+    fit = _shaft_line(pair, centres, rows, use, cfg)
+    if fit is None:
+        return None
+    point, d3, residual = fit
+    if residual > cfg.refit_residual:
+        straight = use.copy()
+        for c, inst in zip(centres, (left, right), strict=True):
+            if straight.sum() < cfg.min_rows:
+                break
+            straight &= _on_straight_line(
+                rows, c, straight, cfg.straight_row_tol_px / abs(inst.direction[1]), cfg.seed
+            )
+        refit = _shaft_line(pair, centres, rows, straight, cfg)
+        if refit is not None and refit[2] < 0.5 * residual:
+            point, d3, _ = refit
+    return point, _orient(d3, left.direction)
+
+
+def _shaft_line(pair, centres, rows, use, cfg):
+    """The 3D line through the rows' stereo centres and its median residual (m), or None."""
+    if use.sum() < cfg.min_rows:
+        return None
     z = pair.depth_from_disparity(centres[0][use] - centres[1][use])
     ok = np.isfinite(z)
     if ok.sum() < cfg.min_rows:
         return None
     pts = back_project(pair, centres[0][use][ok], rows[use][ok], z[ok])
     point, d3 = _fit_line(pts)
-    return point, _orient(d3, left.direction)
+    rel = pts - point
+    residual = np.linalg.norm(rel - np.outer(rel @ d3, d3), axis=1)
+    return point, d3, float(np.median(residual))
+
+
+def _on_straight_line(rows, centres, use, tol, seed, trials=200):
+    """Rows whose centre lies within tol (px, along the row) of the image line that most of
+    the used rows' centres agree on: a consensus over random pairs, then a least-squares line."""
+    x, y = rows[use], centres[use]
+    i, j = np.random.default_rng(seed).integers(0, len(x), (2, trials))
+    pick = x[i] != x[j]
+    if not pick.any():
+        return use
+    i, j = i[pick], j[pick]
+    slope = (y[j] - y[i]) / (x[j] - x[i])
+    offset = y[i] - slope * x[i]
+    votes = (np.abs(y[None, :] - (offset[:, None] + slope[:, None] * x[None, :])) <= tol).sum(1)
+    k = int(np.argmax(votes))
+    inside = np.abs(centres - (offset[k] + slope[k] * rows)) <= tol
+    slope, offset = np.polyfit(rows[use & inside], centres[use & inside], 1)
+    return np.abs(centres - (offset + slope * rows)) <= tol
 
 
 def _shaft_top_depth(depth, inst: Instrument2D, px_per_m, cfg):

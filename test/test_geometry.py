@@ -256,3 +256,49 @@ def test_jaws_and_blades_are_measured_not_modelled_as_the_shaft(optics, kind):
         assert np.linalg.norm(m.tip_xyz - m.centre_xyz) == pytest.approx(blade, abs=40e-6)
         errors.append(abs(m.distance_normal - scene.gap_normal))
     assert np.median(errors) < 100e-6, np.round(np.array(errors) * 1e6)
+
+
+@pytest.mark.parametrize("seed", [3, 7])
+def test_rows_the_network_displaced_are_left_out_of_the_shaft_axis(optics, seed):
+    """A third of the shaft rows moved 2 px along the rows (an edge lost against the optic
+    disc) bends the 3D axis fit; the refit on the rows that lie on one straight line measures
+    as the clean masks do. On clean masks the fit's residual is small and nothing is refit."""
+    import micro_perception.geometry as geometry
+
+    scene = make_scene(seed, optics, kind="needle", gap=0.3e-3)
+    depth, _, _ = exact_views(scene, optics)
+    fine = optics.scaled_to(optics.height * 4, optics.width * 4)
+    left, right = (
+        render_layers(scene, fine, eye)
+        .mask.astype(np.float32)
+        .reshape(optics.height, 4, optics.width, 4)
+        .mean((1, 3))
+        for eye in ("left", "right")
+    )
+    pair, never = optics.stereo(), GeometryConfig(refit_residual=1.0)
+    fits = []
+    line = geometry._shaft_line
+
+    def spy(*args):
+        fit = line(*args)
+        fits.append((args[3].copy(), fit[2]))
+        return fit
+
+    try:
+        geometry._shaft_line = spy
+        clean = measure(pair, depth, left, right)
+        assert clean.method == "silhouette" and len(fits) == 1
+        assert fits[0][1] < GeometryConfig().refit_residual
+        used = np.nonzero(fits[0][0])[0]
+        moved = used[len(used) // 3 : len(used) // 3 + int(0.35 * len(used))]
+        bent = left.copy()
+        bent[moved] = np.roll(left[moved], 2, axis=1)
+        fits.clear()
+        refit = measure(pair, depth, bent, right)
+        assert len(fits) == 2 and fits[1][1] < 0.5 * fits[0][1]
+    finally:
+        geometry._shaft_line = line
+    plain = measure(pair, depth, bent, right, cfg=never)
+    assert abs(plain.distance_normal - clean.distance_normal) > 15e-6
+    assert refit.distance_normal == pytest.approx(clean.distance_normal, abs=3e-6)
+    assert measure(pair, depth, left, right, cfg=never).distance_normal == clean.distance_normal
