@@ -162,7 +162,7 @@ def bench_stages(
     fusion, the depth network, the segmentation network, the stereo teacher, and the geometry
     (segmentation to distance)."""
     from micro_perception.depth.pipeline import DepthPipeline
-    from micro_perception.depth.stereo import stereo_depth
+    from micro_perception.depth.stereo import StereoConfig, stereo_depth
     from micro_perception.fusion.fuser import Fuser
     from micro_perception.geometry import measure
 
@@ -181,6 +181,15 @@ def bench_stages(
     out["segmentation"] = timed(lambda: pipe.segment([left, right]), seconds, device=dev)
     st = stereo_depth(left, right, pair)
     out["stereo_teacher"] = timed(lambda: stereo_depth(left, right, pair), seconds)
+    out["stereo_teacher"]["backend"] = "opencv@cpu"
+    if dev.type == "cuda":
+        # The GPU stereo teacher the pipeline runs there (stereo backend auto).
+        gpu = StereoConfig(backend="torch")
+        stereo_depth(left, right, pair, gpu, dev)
+        out["stereo_teacher_gpu"] = timed(
+            lambda: stereo_depth(left, right, pair, gpu, dev), seconds, device=dev
+        )
+        out["stereo_teacher_gpu"]["backend"] = f"torch@{dev}"
     probs = pipe.segment([left, right])
     masks = probs[0] >= 0.5, probs[1] >= 0.5
     out["geometry"] = timed(

@@ -471,8 +471,15 @@ def cmd_soak(args: argparse.Namespace) -> int:
 BENCH_PARTS = ("stages", "peers", "networks", "end_to_end", "transport")
 
 
-def _add_seg_flips_arg(p: argparse.ArgumentParser) -> None:
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     # Literals, not depth.pipeline's SEG_FLIPS and default: building the parser imports no torch.
+    p.add_argument(
+        "--stereo-backend",
+        default="auto",
+        choices=["auto", "opencv", "torch"],
+        help="stereo teacher: OpenCV SGBM on the CPU, or semi-global matching in torch on "
+        "--device (Triton kernels on CUDA); auto: torch on CUDA, else opencv",
+    )
     p.add_argument(
         "--seg-flips",
         type=int,
@@ -565,10 +572,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     for size, stages in out.get("stages", {}).items():
         print(f"\nstages at {size} ({out['device']}), ms:")
-        print(f"  {'stage':<16}{'p50':>9}{'p95':>9}{'max':>9}")
+        print(f"  {'stage':<20}{'p50':>9}{'p95':>9}{'max':>9}")
         for name, t in stages.items():
             if not name.startswith("_"):
-                print(f"  {name:<16}{t['p50']:9.2f}{t['p95']:9.2f}{t['max']:9.2f}")
+                print(f"  {name:<20}{t['p50']:9.2f}{t['p95']:9.2f}{t['max']:9.2f}")
     for size, t in out.get("peers", {}).get("sgbm", {}).items():
         print(f"peer OpenCV StereoSGBM at {size}: p50 {t['p50']:.2f} ms, p95 {t['p95']:.2f} ms")
     if "networks" in out:
@@ -859,7 +866,11 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
             context,
             sim,
             {"slices_per_stack": args.slices, "device": args.device, "publish_focus_depth": False},
-            {"device": args.device, "seg_flips": args.seg_flips},
+            {
+                "device": args.device,
+                "seg_flips": args.seg_flips,
+                "stereo_backend": args.stereo_backend,
+            },
             done,
             args.timeout,
             namespace="/hover",
@@ -1043,9 +1054,14 @@ def _read_calibrated(args: argparse.Namespace, need_right: bool):
 
 def _pipeline(args: argparse.Namespace, estimator: str):
     from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
+    from micro_perception.depth.stereo import StereoConfig
 
     return DepthPipeline(
-        PipelineConfig(estimator=estimator, seg_flips=args.seg_flips),
+        PipelineConfig(
+            estimator=estimator,
+            seg_flips=args.seg_flips,
+            stereo=StereoConfig(backend=args.stereo_backend),
+        ),
         depth_weights=getattr(args, "weights", None),
         seg_weights=args.seg_weights or "default",
         device=args.device,
@@ -1146,10 +1162,11 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
+    from micro_perception.depth.stereo import StereoConfig
     from micro_perception.training.distance_eval import evaluate_distance
 
     pipe = DepthPipeline(
-        PipelineConfig(seg_flips=args.seg_flips),
+        PipelineConfig(seg_flips=args.seg_flips, stereo=StereoConfig(backend=args.stereo_backend)),
         seg_weights=args.seg_weights or "default",
         device=args.device,
     )
@@ -1499,7 +1516,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the true instrument masks: the geometry's own error",
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    _add_seg_flips_arg(p)
+    _add_pipeline_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])
     p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")
@@ -1525,7 +1542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-rate", type=float, default=1.0, help="sweeps per second")
     p.add_argument("--frame-noise", type=float, default=1.5, help="grey levels (std)")
     p.add_argument("--device", default="auto")
-    _add_seg_flips_arg(p)
+    _add_pipeline_args(p)
     p.add_argument("--timeout", type=float, default=1800.0, help="s")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_hover)
@@ -1542,7 +1559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="combined", choices=["combined", "stereo", "net"])
     p.add_argument("--weights", help="depth network weights (for --method net)")
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    _add_seg_flips_arg(p)
+    _add_pipeline_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", help="also write a colour map here")
     p.set_defaults(func=cmd_depth)
@@ -1553,7 +1570,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera-info", nargs=2, required=True, help="LEFT.yaml RIGHT.yaml (ROS calibration)"
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    _add_seg_flips_arg(p)
+    _add_pipeline_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])
     p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")

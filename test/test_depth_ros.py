@@ -63,6 +63,7 @@ def test_every_output_has_its_type_frame_and_stamp(run):
     values = {kv.key: kv.value for kv in health.values}
     assert values["estimator"] == "combined" and values["device"] == "cpu"
     assert values["masks"] == "segmentation" and values["seg_flips"] == "2"
+    assert values["stereo_backend"] == "opencv"  # auto on the CPU
 
 
 def test_distance_follows_the_ground_truth_and_the_alert_switches(run):

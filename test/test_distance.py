@@ -123,6 +123,10 @@ def test_measure_command_prints_the_documented_keys(files, cli_json, run_cli):
         assert out["distance_normal_m"] == pytest.approx(0.4e-3, abs=100e-6)
         assert len(out["tip_pixel"]) == 2 and len(out["tip_xyz_m"]) == 3
         assert out["alert"] is True and out["method"] in ("silhouette", "tip")
+        # The GPU stereo teacher's code, run on the CPU, measures the same pair as well.
+        torch_stereo = cli_json(*args, "--stereo-backend", "torch")
+        assert torch_stereo["distance_normal_m"] == pytest.approx(0.4e-3, abs=100e-6)
+        assert torch_stereo["retina_fit_residual_m"] < 50e-6
     elif out["distance_normal_m"] is None:
         assert out["reason"] and out["alert"] is False
     else:  # masks from height alone: biased, and flagged so

@@ -27,9 +27,10 @@ def test_search_range_covers_signed_disparities_of_the_depth_range():
     assert d_min <= far < 0 < near < d_min + n and n % 16 == 0
 
 
-def test_recovers_the_retina_within_the_claimed_precision(retina_pair):
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_recovers_the_retina_within_the_claimed_precision(retina_pair, backend):
     pair = OPTICS.stereo()
-    cfg = StereoConfig()
+    cfg = StereoConfig(backend=backend)
     result = stereo_depth(retina_pair.left.aif, retina_pair.right.aif, pair, cfg)
     gt = retina_pair.left.depth
     confident = result.confidence > 0.5
@@ -43,9 +44,11 @@ def test_recovers_the_retina_within_the_claimed_precision(retina_pair):
     assert np.isnan(result.disparity[unknown]).all() and (result.confidence[unknown] == 0).all()
 
 
-def test_noisy_slices_still_give_the_retina(retina_pair):
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_noisy_slices_still_give_the_retina(retina_pair, backend):
     pair = OPTICS.stereo()
-    result = stereo_depth(retina_pair.left.slices[-1], retina_pair.right.slices[-1], pair)
+    cfg = StereoConfig(backend=backend)
+    result = stereo_depth(retina_pair.left.slices[-1], retina_pair.right.slices[-1], pair, cfg)
     ok = result.confidence > 0.5
     assert ok.mean() > 0.3
     assert np.median(np.abs(result.depth - retina_pair.left.depth)[ok]) < 150e-6
@@ -63,6 +66,10 @@ def test_inconsistent_input_is_refused(retina_pair):
         stereo_depth(retina_pair.left.aif, retina_pair.right.aif, small)
     with pytest.raises(InputError, match="z_near"):
         StereoConfig(z_near=0.3, z_far=0.2)
+    with pytest.raises(InputError, match="stereo backend"):
+        StereoConfig(backend="cuda")
+    with pytest.raises(InputError, match="sgm_p1"):
+        StereoConfig(sgm_p1=50, sgm_p2=40)
     with pytest.raises(InputError, match="8- or 16-bit"):
         stereo_depth(retina_pair.left.aif.astype(np.float32), retina_pair.right.aif, pair)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from micro_perception.camera import StereoPair
-from micro_perception.depth.stereo import StereoConfig, stereo_depth
+from micro_perception.depth.stereo import StereoConfig, resolve_backend, stereo_depth
 from micro_perception.errors import InputError
 from micro_perception.geometry import (
     GeometryConfig,
@@ -158,6 +158,11 @@ class DepthPipeline:
             return "segmentation"
         return "depth-net" if self.net is not None else "height"
 
+    @property
+    def stereo_backend(self) -> str:
+        """The stereo matcher that runs: opencv (CPU) or torch (on this pipeline's device)."""
+        return resolve_backend(self.cfg.stereo, self.device)
+
     def runtimes(self) -> dict:
         """How each network runs (backend, device, precision), for diagnostics."""
         return {
@@ -172,6 +177,13 @@ class DepthPipeline:
         blank = np.zeros((height, width, 3), np.uint8)
         if self.seg is not None:
             self.segment([blank, blank])
+        if self.stereo_backend == "torch":
+            # Triton compiles its kernel on the first call, one per disparity block size: the
+            # virtual microscope's calibration stands in for the camera_info not yet received.
+            from micro_perception.optics import MicroscopeOptics
+
+            pair = MicroscopeOptics().scaled_to(height, width).stereo()
+            stereo_depth(blank, blank, pair, self.cfg.stereo, self.device)
         if self.net is not None:
             self.run_net([blank] if self.seg is not None else [blank, blank])
 
@@ -212,7 +224,7 @@ class DepthPipeline:
             )
         ms: dict[str, float] = {}
         t0 = time.perf_counter()
-        st = stereo_depth(left, right, pair, cfg.stereo)
+        st = stereo_depth(left, right, pair, cfg.stereo, self.device)
         ms["stereo"] = (time.perf_counter() - t0) * 1e3
         net_depth = right_mask = None
         if cfg.estimator == "net":

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from micro_perception.camera import StereoPair
 from micro_perception.errors import InputError
+
+STEREO_BACKENDS = ("auto", "opencv", "torch")
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,22 @@ class StereoConfig:
     lr_max_diff: float = 1.0  # px allowed between the left and right disparities
     disparity_precision: float = 0.5  # px: the sub-pixel precision claimed for matched pixels
     texture_floor: float = 0.5  # gradient (grey levels / px) below which confidence fades
+    # opencv: StereoSGBM on the CPU. torch: semi-global matching in torch (sgm.py) on the
+    # caller's device, Triton kernels on CUDA. auto: torch on CUDA, opencv otherwise.
+    backend: str = "auto"
+    sgm_p1: int = 32  # torch backend: penalty of a one-pixel disparity step (census bits)
+    sgm_p2: int = 400  # torch backend: penalty of a larger step
+    sgm_census_radius: int = 3  # torch backend: census window (2 r + 1)^2
 
     def __post_init__(self):
+        if self.backend not in STEREO_BACKENDS:
+            raise InputError(
+                f"stereo backend must be one of {list(STEREO_BACKENDS)}, got {self.backend!r}"
+            )
+        if not 0 < self.sgm_p1 < self.sgm_p2 <= 4000:
+            raise InputError(f"need 0 < sgm_p1 < sgm_p2 <= 4000, got {self.sgm_p1}, {self.sgm_p2}")
+        if self.sgm_census_radius not in (1, 2, 3):
+            raise InputError(f"sgm_census_radius must be 1, 2 or 3, got {self.sgm_census_radius}")
         if not 0 < self.z_near < self.z_far:
             raise InputError(f"need 0 < z_near < z_far, got {self.z_near}, {self.z_far}")
         if self.block_size < 3 or self.block_size % 2 == 0:
@@ -84,10 +101,22 @@ def disparity_range(pair: StereoPair, cfg: StereoConfig) -> tuple[int, int]:
     return d_min, max(n, 16)
 
 
+def resolve_backend(cfg: StereoConfig, device: torch.device | None) -> str:
+    """The matcher that runs: ``auto`` is torch on CUDA, opencv elsewhere."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    return "torch" if device is not None and device.type == "cuda" else "opencv"
+
+
 def stereo_depth(
-    left: np.ndarray, right: np.ndarray, pair: StereoPair, cfg: StereoConfig | None = None
+    left: np.ndarray,
+    right: np.ndarray,
+    pair: StereoPair,
+    cfg: StereoConfig | None = None,
+    device: torch.device | None = None,
 ) -> StereoResult:
-    """Metric depth of the left view from a rectified pair (RGB or grey, 8/16-bit)."""
+    """Metric depth of the left view from a rectified pair (RGB or grey, 8/16-bit). ``device``:
+    where the torch backend runs (default CPU)."""
     cfg = cfg or StereoConfig()
     gl, gr = _grey(left), _grey(right)
     if gl.shape != gr.shape:
@@ -98,6 +127,8 @@ def stereo_depth(
             f"{pair.left.width}x{pair.left.height}"
         )
     d_min, n_disp = disparity_range(pair, cfg)
+    if resolve_backend(cfg, device) == "torch":
+        return _torch_depth(gl, gr, pair, cfg, d_min, n_disp, device or torch.device("cpu"))
     matcher = _matcher(cfg, d_min, n_disp)
     # SGBM gives up on the first d_min + n_disp columns; padding on the left keeps them.
     pad = max(0, d_min + n_disp)
@@ -127,3 +158,34 @@ def stereo_depth(
     confidence *= texture / (texture + cfg.texture_floor)
     confidence = np.where(valid & np.isfinite(depth), confidence, 0.0).astype(np.float32)
     return StereoResult(depth, confidence, disparity)
+
+
+@torch.inference_mode()
+def _torch_depth(gl, gr, pair: StereoPair, cfg: StereoConfig, d_min, n_disp, device):
+    """The torch backend: the same checks and confidence as the OpenCV path, computed where
+    the frames are."""
+    from micro_perception.depth import sgm
+
+    tl = torch.from_numpy(gl).to(device).float()
+    tr = torch.from_numpy(gr).to(device).float()
+    disp_l, disp_r = sgm.sgm_disparity(
+        tl, tr, d_min, n_disp, cfg.sgm_p1, cfg.sgm_p2, cfg.uniqueness, radius=cfg.sgm_census_radius
+    )
+    h, w = gl.shape
+    xs = torch.arange(w, device=device, dtype=torch.float32).expand(h, w)
+    x_right = torch.round(xs - disp_l)
+    inside = (x_right >= 0) & (x_right < w)
+    idx = torch.nan_to_num(x_right, nan=0.0).clamp(0, w - 1).long()
+    other = torch.where(inside, disp_r.gather(1, idx), torch.nan)
+    lr_error = (disp_l - other).abs()
+    valid = inside & (lr_error <= cfg.lr_max_diff)
+    disparity = torch.where(valid, disp_l, torch.nan)
+    texture = sgm.sobel_texture(tl, cfg.block_size)
+    confidence = torch.exp(
+        -((torch.nan_to_num(lr_error, nan=99.0) / max(cfg.lr_max_diff, 1e-3)) ** 2)
+    )
+    confidence = confidence * texture / (texture + cfg.texture_floor)
+    disparity = sgm.to_numpy(disparity)
+    depth = pair.depth_from_disparity(disparity).astype(np.float32)
+    confidence = np.where(valid.cpu().numpy() & np.isfinite(depth), sgm.to_numpy(confidence), 0)
+    return StereoResult(depth, confidence.astype(np.float32), disparity)

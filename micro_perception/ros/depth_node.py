@@ -38,6 +38,7 @@ from micro_perception.depth.pipeline import (
     DepthPipeline,
     PipelineConfig,
 )
+from micro_perception.depth.stereo import STEREO_BACKENDS, StereoConfig
 from micro_perception.errors import InputError
 from micro_perception.geometry import DISTANCE_MODES, back_project
 from micro_perception.ros.conversions import (
@@ -86,6 +87,14 @@ PARAMS = [
         read_only=True,
     ),
     *runtime_params("the networks"),
+    ParamSpec(
+        "stereo_backend",
+        "auto",
+        "stereo teacher: opencv (StereoSGBM on the CPU), torch (semi-global matching on the "
+        "networks' device, Triton kernels on CUDA), auto (torch on CUDA, else opencv)",
+        choices=STEREO_BACKENDS,
+        read_only=True,
+    ),
     image_transport_param(),
     *qos_params("best_effort", 5, "image subscription"),
     ParamSpec(
@@ -162,6 +171,7 @@ class DepthNode(Node):
                 estimator=p["estimator"],
                 mask_threshold=p["mask_threshold"],
                 seg_flips=p["seg_flips"],
+                stereo=StereoConfig(backend=p["stereo_backend"]),
             ),
             depth_weights=p["depth_weights"] or None,
             seg_weights=p["seg_weights"] or "default",
@@ -182,6 +192,7 @@ class DepthNode(Node):
                 "device": str(self.pipeline.device),
                 "masks": self.pipeline.mask_source,
                 "seg_flips": str(p["seg_flips"]),
+                "stereo_backend": self.pipeline.stereo_backend,
             }
         )
         for net, described in self.pipeline.runtimes().items():

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Issue 7's GPU stereo teacher on a CUDA machine (about 6 minutes on one H100/H200); the ROS 2
+# Kilted wheels for the machine's Python travel in .whl/ (as for tools/device_ros_check.sh).
+#   1. check: the Triton path kernel against the tensor loop on CUDA (bit for bit), the whole
+#      torch stereo on CUDA against the same code on the CPU, and its parts timed at 512x512
+#      and 1080p;
+#   2. the depth stages at 512x512 and 1920x1080 on CUDA (stereo teacher: OpenCV on the CPU and
+#      torch on CUDA, the pipeline with the GPU one);
+#   3. bench end to end at 512x512 with the microscope at E2E_RATE sweeps/s, and at 1080p at
+#      E2E_RATE_HD, the depth node's stereo backend auto (torch on CUDA);
+#   4. eval hover for the five instruments side by side at SWEEP_RATE sweeps/s.
+# PARTS narrows a rerun (default check,stages,e2e,hover).
+# Results in $OUT (default device_out/): log_gpu_stereo.txt, check.txt, stages_*.json, e2e_*.json,
+# hover_*.json.
+set -u
+E2E_RATE=${E2E_RATE:-10}
+E2E_RATE_HD=${E2E_RATE_HD:-5}
+SWEEP_RATE=${SWEEP_RATE:-10}
+FRAMES=${FRAMES:-300}
+HOVER_TIMEOUT=${HOVER_TIMEOUT:-150}
+INSTRUMENTS=${INSTRUMENTS:-needle vitrector light_pipe forceps scissors}
+PARTS=${PARTS:-check,stages,e2e,hover}
+. "$(dirname "$0")/device_ros_env.sh" log_gpu_stereo.txt
+MP="python3 -m micro_perception.cli"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
+torch.cuda.get_device_name(0))"
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
+
+if part check; then
+stamp "GPU stereo: kernel and whole matcher against the CPU, parts timed"
+timeout -k 10 240 python3 tools/gpu_stereo_check.py 2>&1 | tee "$OUT/check.txt"
+fi
+
+if part stages; then
+for size in "512 512" "1080 1920"; do
+  tag=${size// /x}
+  stamp "depth stages at $tag (CUDA)"
+  ROS_DOMAIN_ID=70 timeout -k 10 150 $MP bench --json --seconds 2 --device cuda --parts stages \
+    --size $size > "$OUT/stages_$tag.json" 2> "/tmp/stages_$tag.err"
+  tail -3 "/tmp/stages_$tag.err"
+  python3 -c "import json; d=json.load(open('$OUT/stages_$tag.json')); \
+[print(k, {s: round(v['p50'], 1) for s, v in st.items() if isinstance(v, dict) and 'p50' in v}) \
+for k, st in d['stages'].items()]"
+done
+fi
+
+if part e2e; then
+for run in "512 512 $E2E_RATE" "1080 1920 $E2E_RATE_HD"; do
+  set -- $run
+  tag=${1}x${2}
+  stamp "bench end to end at $tag, $3 sweeps/s (CUDA fp16, stereo backend auto)"
+  ROS_DOMAIN_ID=71 timeout -k 10 110 $MP bench --json --device cuda --runtimes torch:fp16 \
+    --parts end_to_end --size "$1" "$2" --sweep-rate "$3" --e2e-seconds 20 \
+    > "$OUT/e2e_$tag.json" 2> "/tmp/e2e_$tag.err"
+  tail -3 "/tmp/e2e_$tag.err"
+  python3 -c "import json; d=json.load(open('$OUT/e2e_$tag.json')); \
+[print(k, 'rate', round(e['rate_hz'], 2), 'in', round(e['input_rate_hz'], 2), 'dropped', \
+e['dropped'], 'latency', e['latency_ms']) for k, e in d['end_to_end'].items()]"
+done
+fi
+
+if part hover; then
+stamp "eval hover x5 side by side: $FRAMES frames, $SWEEP_RATE sweeps/s, CUDA, GPU stereo"
+i=0
+for k in $INSTRUMENTS; do
+  i=$((i + 1))
+  ROS_DOMAIN_ID=$((60 + i)) OMP_NUM_THREADS=3 timeout -k 10 "$HOVER_TIMEOUT" $MP eval hover \
+    --instrument "$k" --frames "$FRAMES" --sweep-rate "$SWEEP_RATE" --device cuda --json \
+    > "$OUT/hover_$k.json" 2> "/tmp/hover_$k.err" &
+done
+wait
+for k in $INSTRUMENTS; do
+  tail -2 "/tmp/hover_$k.err"
+  python3 - "$OUT/hover_$k.json" "$k" <<'PY'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:  # noqa: BLE001
+    print(sys.argv[2], "no result:", e)
+    raise SystemExit
+print(f"{sys.argv[2]:11s} frames {d['frames']} known {d['known']} rate {d['rate_hz']:.2f} Hz "
+      f"true {d['true_distance_m']*1e3:.3f} mean {d['mean_distance_m']*1e3:.3f} mm "
+      f"jitter {d['jitter_std_um']:.1f} um step {d['step_std_um']:.1f} um "
+      f"latency p50 {d['latency_ms_p50']:.0f} ms device {d['device']}")
+PY
+done
+fi
+stamp "done"
