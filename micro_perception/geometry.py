@@ -194,6 +194,24 @@ def _sphere_lstsq(p: np.ndarray) -> tuple[np.ndarray, float] | None:
     return c * 1e-3 + mean, float(np.sqrt(r2)) * 1e-3
 
 
+def _spheres_through_four(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (N, 3) and radii (N,) of the spheres through each of N quadruples of points
+    (N, 4, 3), by ``_sphere_lstsq``'s equations solved together; NaN where degenerate."""
+    mean = samples.mean(1, keepdims=True)
+    q = (samples - mean) * 1e3  # mm
+    a = np.concatenate([q, np.ones((*q.shape[:2], 1))], 2)
+    b = -(q**2).sum(2)
+    sol = np.full((len(samples), 4), np.nan)
+    ok = np.abs(np.linalg.det(a)) > 1e-12
+    if ok.any():
+        sol[ok] = np.linalg.solve(a[ok], b[ok][..., None])[..., 0]
+    c = -sol[:, :3] / 2
+    r2 = (c * c).sum(1) - sol[:, 3]
+    with np.errstate(invalid="ignore"):
+        radii = np.where(r2 > 0, np.sqrt(np.where(r2 > 0, r2, 0)), np.nan) * 1e-3
+    return c * 1e-3 + mean[:, 0], radii
+
+
 def fit_sphere(points: np.ndarray, cfg: GeometryConfig | None = None) -> SphereFit:
     """RANSAC then least squares; raises InputError when no plausible sphere fits."""
     cfg = cfg or GeometryConfig()
@@ -205,18 +223,26 @@ def fit_sphere(points: np.ndarray, cfg: GeometryConfig | None = None) -> SphereF
     if len(p) > cfg.max_retina_points:
         p = p[rng.choice(len(p), cfg.max_retina_points, replace=False)]
     lo, hi = cfg.radius_range
-    best, best_count = None, 0
-    for _ in range(cfg.ransac_iterations):
-        fit = _sphere_lstsq(p[rng.choice(len(p), 4, replace=False)])
-        if fit is None or not lo <= fit[1] <= hi or fit[0][2] >= p[:, 2].mean():
-            continue  # the retina is the sphere's far wall: its centre is nearer the camera
-        count = int(
-            (np.abs(np.linalg.norm(p - fit[0], axis=1) - fit[1]) < cfg.ransac_threshold).sum()
-        )
-        if count > best_count:
-            best, best_count = fit, count
-    if best is None:
+    samples = np.stack(
+        [p[rng.choice(len(p), 4, replace=False)] for _ in range(cfg.ransac_iterations)]
+    )
+    centres, radii = _spheres_through_four(samples)
+    # The retina is the sphere's far wall: its centre is nearer the camera than its points.
+    plausible = (
+        np.isfinite(radii) & (lo <= radii) & (radii <= hi) & (centres[:, 2] < p[:, 2].mean())
+    )
+    if not plausible.any():
         raise InputError("no plausible sphere fits the retina points")
+    centres, radii = centres[plausible], radii[plausible]
+    # All hypotheses scored at once: squared distances of every point to every centre as
+    # |p|^2 - 2 p.c + |c|^2, about the points' mean so that nothing large cancels.
+    mid = p.mean(0)
+    q, c = p - mid, centres - mid
+    sq = (q * q).sum(1)[None, :] - 2.0 * (c @ q.T) + (c * c).sum(1)[:, None]
+    off = np.sqrt(np.maximum(sq, 0.0)) - radii[:, None]
+    counts = (np.abs(off) < cfg.ransac_threshold).sum(1)
+    k = int(np.argmax(counts))  # the first of the best, as a sequential search keeps
+    best = centres[k], float(radii[k])
     for _ in range(3):  # refit on the inliers of the current sphere
         inl = np.abs(np.linalg.norm(p - best[0], axis=1) - best[1]) < cfg.ransac_threshold
         if inl.sum() < cfg.min_retina_points // 2:
