@@ -234,12 +234,11 @@ def fit_sphere(points: np.ndarray, cfg: GeometryConfig | None = None) -> SphereF
     if not plausible.any():
         raise InputError("no plausible sphere fits the retina points")
     centres, radii = centres[plausible], radii[plausible]
-    # All hypotheses scored at once: squared distances of every point to every centre as
-    # |p|^2 - 2 p.c + |c|^2, about the points' mean so that nothing large cancels.
-    mid = p.mean(0)
-    q, c = p - mid, centres - mid
-    sq = (q * q).sum(1)[None, :] - 2.0 * (c @ q.T) + (c * c).sum(1)[:, None]
-    off = np.sqrt(np.maximum(sq, 0.0)) - radii[:, None]
+    # All hypotheses scored at once, (hypotheses, points), one coordinate at a time: what
+    # np.linalg.norm sums, without a (hypotheses, points, 3) array or a K=3 matrix product
+    # (slow in some BLAS builds).
+    sq = sum((p[None, :, k] - centres[:, k, None]) ** 2 for k in range(3))
+    off = np.sqrt(sq) - radii[:, None]
     counts = (np.abs(off) < cfg.ransac_threshold).sum(1)
     k = int(np.argmax(counts))  # the first of the best, as a sequential search keeps
     best = centres[k], float(radii[k])
@@ -655,10 +654,16 @@ def _direction_through_port(pair, sphere: SphereFit, c3, inst: Instrument2D, cfg
     return u[int(np.argmin(np.abs(polar - cfg.port_polar_deg)))]
 
 
-def _runs(row: np.ndarray) -> np.ndarray:
-    """(N, 2) first and last column of each run of True in a 1D bool array."""
-    d = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
-    return np.stack([np.nonzero(d == 1)[0], np.nonzero(d == -1)[0] - 1], 1)
+def _all_runs(region: np.ndarray):
+    """Row, first and last column of every run of True in a 2D bool array, row by row and
+    left to right."""
+    h, w = region.shape
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = region
+    step = np.diff(padded, axis=1)
+    rows, first = np.nonzero(step == 1)
+    _, end = np.nonzero(step == -1)
+    return rows, first, end - 1
 
 
 def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: float, cfg):
@@ -675,24 +680,22 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
         along = inst.along(u, v)
         regions.append(inst.mask & (along <= zone))
     slope = max(abs(left.direction[1]), 1e-3)
-    centres_l, centres_r, rows, widths = [], [], [], []
-    for y in np.nonzero(regions[0].any(1) & regions[1].any(1))[0]:
-        rl, rr = _runs(regions[0][y]), _runs(regions[1][y])
-        if len(rl) != len(rr):
-            continue
-        yy = np.full(len(rl), y)
-        el = _edges(left.soft, yy, rl[:, 0], rl[:, 1])
-        er = _edges(right.soft, yy, rr[:, 0], rr[:, 1])
-        for i in range(len(rl)):
-            ll, lr = el[1][i] - el[0][i], er[1][i] - er[0][i]
-            if abs(ll - lr) > 0.3 * max(ll, lr) + 2:
-                continue
-            if ll * slope > 4 * left.radius_px:  # along the row: no disparity in a run's centre
-                continue
-            centres_l.append((el[0][i] + el[1][i]) / 2)
-            centres_r.append((er[0][i] + er[1][i]) / 2)
-            rows.append(y)
-            widths.append(ll * slope)
+    # Every run of both views at once; rows where the views cut the same number of runs pair
+    # them in order along the row.
+    (yl, fl, ll_), (yr, fr, lr_) = _all_runs(regions[0]), _all_runs(regions[1])
+    h = regions[0].shape[0]
+    count_l, count_r = np.bincount(yl, minlength=h), np.bincount(yr, minlength=h)
+    paired = (count_l == count_r) & (count_l > 0)
+    keep_l, keep_r = paired[yl], paired[yr]
+    y = yl[keep_l]
+    el = _edges(left.soft, y, fl[keep_l], ll_[keep_l])
+    er = _edges(right.soft, y, fr[keep_r], lr_[keep_r])
+    wl, wr = el[1] - el[0], er[1] - er[0]
+    ok = np.abs(wl - wr) <= 0.3 * np.maximum(wl, wr) + 2
+    ok &= wl * slope <= 4 * left.radius_px  # along the row: no disparity in a run's centre
+    centres_l = ((el[0] + el[1]) / 2)[ok]
+    centres_r = ((er[0] + er[1]) / 2)[ok]
+    rows, widths = y[ok], (wl * slope)[ok]
     if len(rows) < cfg.min_rows // 2:
         return None
     z = pair.depth_from_disparity(np.asarray(centres_l) - np.asarray(centres_r))
