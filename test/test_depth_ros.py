@@ -77,3 +77,33 @@ def test_distance_follows_the_ground_truth_and_the_alert_switches(run):
     alerts = [m.data for m in got["alert"]]
     assert True in alerts, pairs
     assert False in alerts[alerts.index(True) :], pairs
+
+
+def test_with_nobody_taking_the_depth_image_the_distance_still_comes(sequence_cache):
+    """A robot controller subscribes to the distance alone: the node skips the combined depth
+    image (its CPU time), says so in /diagnostics, and the distances are as good."""
+    import rclpy
+
+    from micro_perception.ros.chain import run_chain
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        got, health = run_chain(
+            context,
+            sim=CONFIG | {"cache_dir": str(sequence_cache)},
+            fusion={"slices_per_stack": 4, "device": "cpu", "publish_focus_depth": False},
+            depth={"device": "cpu"},
+            done=lambda got: len(got["range"]) >= 3,
+            timeout=14.0,
+            namespace="/lean",
+            images=False,
+        )
+    finally:
+        rclpy.shutdown(context=context)
+    assert "depth" not in got and len(got["range"]) >= 3
+    values = {kv.key: kv.value for kv in health.values}
+    assert values["depth_image"] == "skipped: no subscriber" and values["fuse_ms"] == "-"
+    truth = {stamp(m): m.range for m in got["truth"]}
+    errors = [abs(m.range - truth[stamp(m)]) for m in got["range"] if stamp(m) in truth]
+    assert errors and np.median(errors) < 100e-6

@@ -50,6 +50,16 @@ def test_distance_through_the_pipeline_and_its_mask_sources(needle):
     m = res.measurement
     assert m.ok and m.distance_normal == pytest.approx(needle.scene.gap_normal, abs=50e-6)
     assert set(res.ms) >= {"stereo", "geometry", "fuse"}
+    # Without the depth image (nobody subscribed to it), the same distance and no fuse work.
+    lean = pipe(
+        needle.left.aif,
+        needle.right.aif,
+        pair,
+        masks=(needle.left.mask, needle.right.mask),
+        dense=False,
+    )
+    assert lean.depth is None and "fuse" not in lean.ms
+    assert lean.measurement.distance_normal == m.distance_normal
     # With no network at all, the mask is what stands above the retina: the needle is found.
     alone = pipe(needle.left.aif, needle.right.aif, pair)
     left = needle.left.mask > 0

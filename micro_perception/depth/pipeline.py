@@ -41,6 +41,7 @@ from micro_perception.geometry import (
 from micro_perception.inference import Runtime, RuntimeConfig, pick_device
 
 ESTIMATORS = ("combined", "stereo", "net")
+STAGES = ("stereo", "net", "segment", "geometry", "fuse")  # the keys of FrameResult.ms
 SEG_FLIPS = (1, 2, 4)
 _FLIP_DIMS = ((), (3,), (2,), (2, 3))  # of an (N, C, H, W) batch
 
@@ -84,7 +85,7 @@ def _threshold_at_half(prob: np.ndarray, threshold: float) -> np.ndarray:
 
 @dataclass
 class FrameResult:
-    depth: np.ndarray  # (H, W) float32, m, NaN unknown
+    depth: np.ndarray | None  # (H, W) float32, m, NaN unknown; None when not asked for
     mask: np.ndarray  # (H, W) bool, left view
     right_mask: np.ndarray | None
     measurement: Measurement
@@ -215,8 +216,11 @@ class DepthPipeline:
         right: np.ndarray,
         pair: StereoPair,
         masks: tuple[np.ndarray, np.ndarray] | None = None,
+        dense: bool = True,
     ) -> FrameResult:
-        """``masks``: given instrument masks of both views (an evaluation's oracle)."""
+        """``masks``: given instrument masks of both views (an evaluation's oracle). ``dense``
+        False: the distance only, no depth image (``depth`` is None), for a caller that has
+        nobody to give the image to."""
         cfg = self.cfg
         if left.ndim != 3 or left.shape[2] != 3 or left.shape != right.shape:
             raise InputError(
@@ -266,7 +270,9 @@ class DepthPipeline:
         # What the geometry took for the instrument is the instrument: other mask pixels (the
         # optic disc, a highlight) are retina.
         mask = m.instrument_mask if m.instrument_mask is not None else np.zeros_like(mask)
-        if cfg.estimator == "stereo":
+        if not dense:
+            depth = None
+        elif cfg.estimator == "stereo":
             depth = st.depth
         elif cfg.estimator == "net":
             depth = net_depth
@@ -274,7 +280,8 @@ class DepthPipeline:
             t0 = time.perf_counter()
             depth = self._fuse(st.depth, mask, m, pair)
             ms["fuse"] = (time.perf_counter() - t0) * 1e3
-        return FrameResult(depth.astype(np.float32), mask, right_mask, m, ms)
+        depth = None if depth is None else depth.astype(np.float32)
+        return FrameResult(depth, mask, right_mask, m, ms)
 
     def _height_mask(self, depth, confidence, pair) -> np.ndarray:
         """Pixels standing min_height above a sphere fitted to all confident depth."""

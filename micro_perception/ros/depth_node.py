@@ -35,6 +35,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from micro_perception.depth.pipeline import (
     ESTIMATORS,
     SEG_FLIPS,
+    STAGES,
     DepthPipeline,
     PipelineConfig,
 )
@@ -294,7 +295,12 @@ class DepthNode(Node):
                     f"images are {images[0].shape[1]}x{images[0].shape[0]}, camera_info says "
                     f"{pair.left.width}x{pair.left.height}"
                 )
-            result = self.pipeline(images[0], images[1], pair)
+            # The combined depth image costs CPU time per frame: only when someone takes it.
+            dense = (
+                self.pub_depth.get_subscription_count() > 0
+                or self.pub_points.get_subscription_count() > 0
+            )
+            result = self.pipeline(images[0], images[1], pair, dense=dense)
         except InputError as exc:
             self.health.problem("bad_input", f"stereo pair dropped: {exc}")
             return
@@ -336,11 +342,12 @@ class DepthNode(Node):
     def _publish(self, left, left_info, image, pair, result, t: float) -> None:
         p = self.params
         header = output_header(left.header, left.header.frame_id or p["frame_id"])
-        self.pub_depth.publish(numpy_to_image(result.depth, "32FC1", header))
+        if result.depth is not None:
+            self.pub_depth.publish(numpy_to_image(result.depth, "32FC1", header))
         left_info.header = header
         self.pub_info.publish(left_info)
         self.pub_mask.publish(numpy_to_image(result.mask.astype(np.uint8) * 255, "mono8", header))
-        if self.pub_points.get_subscription_count() > 0:
+        if result.depth is not None and self.pub_points.get_subscription_count() > 0:
             self.pub_points.publish(self._cloud(image, result.depth, pair, header))
         m = result.measurement
         raw = m.distance(p["distance_mode"]) if m.ok else None
@@ -367,7 +374,9 @@ class DepthNode(Node):
         v["method"] = m.method or "-"
         v["fit_residual_um"] = f"{m.retina.residual * 1e6:.1f}" if m.retina else "-"
         v["alert"] = str(self.alert.on)
-        v.update({f"{k}_ms": f"{ms:.1f}" for k, ms in result.ms.items()})
+        for stage in STAGES:  # a stage this frame skipped shows "-", not an old figure
+            v[f"{stage}_ms"] = f"{result.ms[stage]:.1f}" if stage in result.ms else "-"
+        v["depth_image"] = "published" if result.depth is not None else "skipped: no subscriber"
         if not m.ok:
             self.health.count("distance_unknown")
         self.health.output(header.stamp)
