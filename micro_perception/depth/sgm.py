@@ -34,16 +34,14 @@ def census(grey: torch.Tensor, radius: int = 3) -> torch.Tensor:
     if radius < 1 or (2 * radius + 1) ** 2 - 1 > 62:
         raise ValueError(f"census radius must be 1..3, got {radius}")
     h, w = grey.shape
-    pad = F.pad(grey[None, None], (radius,) * 4, mode="replicate")[0, 0]
-    code = torch.zeros((h, w), dtype=torch.int64, device=grey.device)
-    bit = 0
-    for dy in range(2 * radius + 1):
-        for dx in range(2 * radius + 1):
-            if dy == radius and dx == radius:
-                continue
-            code |= (pad[dy : dy + h, dx : dx + w] < grey).to(torch.int64) << bit
-            bit += 1
-    return code
+    k = 2 * radius + 1
+    pad = F.pad(grey[None, None], (radius,) * 4, mode="replicate")
+    # All neighbours at once (a few kernels, not one per neighbour), row by row of the window.
+    patches = F.unfold(pad, k)[0].view(k * k, h, w)
+    centre = k * k // 2
+    darker = torch.cat([patches[:centre], patches[centre + 1 :]]) < grey
+    bits = torch.arange(k * k - 1, device=grey.device, dtype=torch.int64).view(-1, 1, 1)
+    return (darker.to(torch.int64) << bits).sum(0)
 
 
 def popcount(x: torch.Tensor) -> torch.Tensor:
