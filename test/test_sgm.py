@@ -86,3 +86,24 @@ def test_auto_backend_is_torch_on_cuda_and_opencv_elsewhere():
     assert resolve_backend(auto, torch.device("cpu")) == "opencv"
     assert resolve_backend(auto, None) == "opencv"
     assert resolve_backend(StereoConfig(backend="torch"), None) == "torch"
+
+
+def test_failing_kernels_warn_once_and_the_tensor_code_takes_over(monkeypatch):
+    """Triton kernels launched on CPU tensors without the interpreter fail, as they would on a
+    GPU Triton cannot build for: one warning naming the cause, then the same disparities."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(sgm, "_TRITON_FAILED", None)
+    rng = np.random.default_rng(2)
+    base = torch.from_numpy(rng.uniform(0, 255, (24, 60)).astype(np.float32))
+    left, right = base[:, 5:50], base[:, 7:52]
+    said = []
+    args = (left, right, -4, 16, 6, 48, 5)
+    got = sgm.sgm_disparity(*args, use_triton=True, warn=said.append)
+    want = sgm.sgm_disparity(*args, use_triton=False)
+    assert len(said) == 1 and "Triton kernels failed" in said[0] and sgm._TRITON_FAILED
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    # From then on the kernels are not tried again: no second warning.
+    sgm.sgm_disparity(*args, warn=said.append)
+    assert len(said) == 1

@@ -139,6 +139,7 @@ class DepthPipeline:
         self.cfg = cfg or PipelineConfig()
         runtime = runtime or RuntimeConfig(device=device)
         self.device = pick_device(runtime.device)
+        self.warn = warn
         self.net = self.seg = None
         if depth_weights is not None:
             from micro_perception.depth.network import load_depth_net
@@ -184,7 +185,7 @@ class DepthPipeline:
             from micro_perception.optics import MicroscopeOptics
 
             pair = MicroscopeOptics().scaled_to(height, width).stereo()
-            stereo_depth(blank, blank, pair, self.cfg.stereo, self.device)
+            stereo_depth(blank, blank, pair, self.cfg.stereo, self.device, self.warn)
         if self.net is not None:
             self.run_net([blank] if self.seg is not None else [blank, blank])
 
@@ -228,7 +229,7 @@ class DepthPipeline:
             )
         ms: dict[str, float] = {}
         t0 = time.perf_counter()
-        st = stereo_depth(left, right, pair, cfg.stereo, self.device)
+        st = stereo_depth(left, right, pair, cfg.stereo, self.device, self.warn)
         ms["stereo"] = (time.perf_counter() - t0) * 1e3
         net_depth = right_mask = None
         if cfg.estimator == "net":

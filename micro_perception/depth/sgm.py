@@ -380,6 +380,9 @@ def winners_triton(total: torch.Tensor, d_min: int, uniqueness: int):
     return out[0], out[1]
 
 
+_TRITON_FAILED: str | None = None  # why the kernels failed once: the tensor code from then on
+
+
 def sgm_disparity(
     grey_left: torch.Tensor,
     grey_right: torch.Tensor,
@@ -390,16 +393,30 @@ def sgm_disparity(
     uniqueness: int,
     radius: int = 3,
     use_triton: bool | None = None,
+    warn=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left and right disparities (H, W) float px, NaN unknown, of a rectified grey pair."""
+    """Left and right disparities (H, W) float px, NaN unknown, of a rectified grey pair.
+    Should the Triton kernels fail (a GPU or a Triton they cannot build for), ``warn`` hears
+    why, once, and the tensor code on the same device takes over."""
+    global _TRITON_FAILED
     if use_triton is None:
-        use_triton = triton_available(grey_left.device)
+        use_triton = triton_available(grey_left.device) and _TRITON_FAILED is None
     codes = census(grey_left, radius), census(grey_right, radius)
     if use_triton:
-        cost = cost_volume_triton(*codes, d_min, n_disp, radius)
-        total = aggregate_triton(cost, p1, p2)
-        del cost
-        return winners_triton(total, d_min, uniqueness)
+        try:
+            cost = cost_volume_triton(*codes, d_min, n_disp, radius)
+            total = aggregate_triton(cost, p1, p2)
+            del cost
+            return winners_triton(total, d_min, uniqueness)
+        except Exception as exc:  # any build or launch failure falls back
+            _TRITON_FAILED = (
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
+            if warn is not None:
+                warn(
+                    f"GPU stereo: the Triton kernels failed ({_TRITON_FAILED}); semi-global "
+                    f"matching runs as tensor code on {grey_left.device} instead (slower)"
+                )
     cost = cost_volume_torch(*codes, d_min, n_disp, radius)
     total = aggregate_torch(cost, p1, p2)
     del cost

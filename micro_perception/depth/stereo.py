@@ -114,9 +114,10 @@ def stereo_depth(
     pair: StereoPair,
     cfg: StereoConfig | None = None,
     device: torch.device | None = None,
+    warn=None,
 ) -> StereoResult:
     """Metric depth of the left view from a rectified pair (RGB or grey, 8/16-bit). ``device``:
-    where the torch backend runs (default CPU)."""
+    where the torch backend runs (default CPU); ``warn``: told once if its GPU kernels fail."""
     cfg = cfg or StereoConfig()
     gl, gr = _grey(left), _grey(right)
     if gl.shape != gr.shape:
@@ -128,7 +129,8 @@ def stereo_depth(
         )
     d_min, n_disp = disparity_range(pair, cfg)
     if resolve_backend(cfg, device) == "torch":
-        return _torch_depth(gl, gr, pair, cfg, d_min, n_disp, device or torch.device("cpu"))
+        device = device or torch.device("cpu")
+        return _torch_depth(gl, gr, pair, cfg, d_min, n_disp, device, warn)
     matcher = _matcher(cfg, d_min, n_disp)
     # SGBM gives up on the first d_min + n_disp columns; padding on the left keeps them.
     pad = max(0, d_min + n_disp)
@@ -161,7 +163,7 @@ def stereo_depth(
 
 
 @torch.inference_mode()
-def _torch_depth(gl, gr, pair: StereoPair, cfg: StereoConfig, d_min, n_disp, device):
+def _torch_depth(gl, gr, pair: StereoPair, cfg: StereoConfig, d_min, n_disp, device, warn):
     """The torch backend: the same checks and confidence as the OpenCV path, computed where
     the frames are."""
     from micro_perception.depth import sgm
@@ -169,7 +171,15 @@ def _torch_depth(gl, gr, pair: StereoPair, cfg: StereoConfig, d_min, n_disp, dev
     tl = torch.from_numpy(gl).to(device).float()
     tr = torch.from_numpy(gr).to(device).float()
     disp_l, disp_r = sgm.sgm_disparity(
-        tl, tr, d_min, n_disp, cfg.sgm_p1, cfg.sgm_p2, cfg.uniqueness, radius=cfg.sgm_census_radius
+        tl,
+        tr,
+        d_min,
+        n_disp,
+        cfg.sgm_p1,
+        cfg.sgm_p2,
+        cfg.uniqueness,
+        radius=cfg.sgm_census_radius,
+        warn=warn,
     )
     h, w = gl.shape
     xs = torch.arange(w, device=device, dtype=torch.float32).expand(h, w)
