@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# The GPU stereo's Triton kernels are tested on the CPU through Triton's interpreter. CUDA
+# builds of torch bring their own Triton, which is kept; the CPU build gets the one it names.
+TRITON := "triton~=3.8.0"
 
 # With a ROS 2 distro sourced (a robot), the venv sees the distro's rclpy and messages and the
 # PyPI `ros` wheels are not installed; otherwise they are.
@@ -33,6 +36,8 @@ env:
 	  [ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV); \
 	  $(BIN)/python -m pip install --quiet $(TORCH); \
 	  $(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"; \
+	  $(BIN)/python -c 'import triton' 2>/dev/null || $(BIN)/python -m pip install --quiet $(TRITON) \
+	    || echo "env: no Triton for this machine: the Triton kernel tests will be skipped"; \
 	  echo "$(STAMP_KEY)" > $(VENV)/.stamp; \
 	  echo "env: ready"; \
 	fi

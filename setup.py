@@ -67,9 +67,6 @@ setup(
             "colcon-common-extensions>=0.3",  # the colcon build test
             "mcap>=1.1",  # reading the demo's bags back with an independent reader
             "mcap-ros2-support>=0.5",
-            # The GPU stereo's Triton kernel, checked on the CPU by Triton's interpreter
-            # (CUDA builds of torch bring Triton themselves).
-            'triton~=3.8.0; platform_system == "Linux" and platform_machine == "x86_64"',
         ],
     },
     zip_safe=True,
