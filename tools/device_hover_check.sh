@@ -25,29 +25,7 @@ python3 -c "import rclpy, torch; print('rclpy ok; torch', torch.__version__, tor
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 if part hover; then
 stamp "eval hover x5 side by side: $FRAMES frames, $SWEEP_RATE sweeps/s, CUDA"
-i=0
-for k in $INSTRUMENTS; do
-  i=$((i + 1))
-  ROS_DOMAIN_ID=$((60 + i)) OMP_NUM_THREADS=3 timeout -k 10 "$HOVER_TIMEOUT" $MP eval hover --instrument "$k" \
-    --frames "$FRAMES" --sweep-rate "$SWEEP_RATE" --device cuda --json \
-    > "$OUT/hover_$k.json" 2> "/tmp/hover_$k.err" &
-done
-wait
-for k in $INSTRUMENTS; do
-  tail -3 "/tmp/hover_$k.err"
-  python3 - "$OUT/hover_$k.json" "$k" <<'PY'
-import json, sys
-try:
-    d = json.load(open(sys.argv[1]))
-except Exception as e:  # noqa: BLE001
-    print(sys.argv[2], "no result:", e)
-    raise SystemExit
-print(f"{sys.argv[2]:11s} frames {d['frames']} known {d['known']} rate {d['rate_hz']:.2f} Hz "
-      f"true {d['true_distance_m']*1e3:.3f} mean {d['mean_distance_m']*1e3:.3f} mm "
-      f"jitter {d['jitter_std_um']:.1f} um step {d['step_std_um']:.1f} um "
-      f"latency p50 {d['latency_ms_p50']:.0f} ms device {d['device']}")
-PY
-done
+hover_side_by_side
 fi
 
 if part stages; then
