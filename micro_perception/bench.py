@@ -185,7 +185,6 @@ def bench_stages(
     if dev.type == "cuda":
         # The GPU stereo teacher the pipeline runs there (stereo backend auto).
         gpu = StereoConfig(backend="torch")
-        stereo_depth(left, right, pair, gpu, dev)
         out["stereo_teacher_gpu"] = timed(
             lambda: stereo_depth(left, right, pair, gpu, dev), seconds, device=dev
         )

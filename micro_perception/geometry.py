@@ -207,8 +207,7 @@ def _spheres_through_four(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sol[ok] = np.linalg.solve(a[ok], b[ok][..., None])[..., 0]
     c = -sol[:, :3] / 2
     r2 = (c * c).sum(1) - sol[:, 3]
-    with np.errstate(invalid="ignore"):
-        radii = np.where(r2 > 0, np.sqrt(np.where(r2 > 0, r2, 0)), np.nan) * 1e-3
+    radii = np.sqrt(np.where(r2 > 0, r2, np.nan)) * 1e-3
     return c * 1e-3 + mean[:, 0], radii
 
 
@@ -475,11 +474,16 @@ def _fit_line(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = points[keep].mean(0)
         _, _, vt = np.linalg.svd(points[keep] - c, full_matrices=False)
         d = vt[0]
-        rel = points - c
-        res = np.linalg.norm(rel - np.outer(rel @ d, d), axis=1)
+        res = _line_residuals(points, c, d)
         mad = np.median(res[keep]) + 1e-9
         keep = res <= max(3.0 * 1.4826 * mad, 2e-6)
     return c, d
+
+
+def _line_residuals(points: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Distances of points to the line through c along the unit vector d."""
+    rel = points - c
+    return np.linalg.norm(rel - np.outer(rel @ d, d), axis=1)
 
 
 def _orient(d3: np.ndarray, direction2d: np.ndarray) -> np.ndarray:
@@ -555,9 +559,7 @@ def _shaft_line(pair, centres, rows, use, cfg):
         return None
     pts = back_project(pair, centres[0][use][ok], rows[use][ok], z[ok])
     point, d3 = _fit_line(pts)
-    rel = pts - point
-    residual = np.linalg.norm(rel - np.outer(rel @ d3, d3), axis=1)
-    return point, d3, float(np.median(residual))
+    return point, d3, float(np.median(_line_residuals(pts, point, d3)))
 
 
 def _on_straight_line(rows, centres, use, tol, seed, trials=200):

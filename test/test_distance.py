@@ -105,6 +105,16 @@ def test_seg_flips_average_the_mirrored_images_probabilities(needle):
         build_parser().parse_args(["eval", "hover", "--seg-flips", str(n)]).seg_flips == n
         for n in SEG_FLIPS
     )
+    # The same for --stereo-backend: the stereo module's choices, its default.
+    from micro_perception.depth.stereo import STEREO_BACKENDS, StereoConfig
+
+    assert all(
+        build_parser().parse_args(["eval", "hover", "--stereo-backend", b]).stereo_backend == b
+        for b in STEREO_BACKENDS
+    )
+    assert build_parser().parse_args(["eval", "hover"]).stereo_backend == StereoConfig().backend
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "hover", "--stereo-backend", "cuda"])
 
 
 @pytest.fixture(scope="module")

@@ -266,13 +266,19 @@ def _kernels():
     return _KERNELS
 
 
+def _tile(kernels, n_disp: int) -> tuple[int, int]:
+    """Columns and disparities one program of the cost and winner kernels holds (about 4096
+    values: all of a pixel's disparities, padded to a power of two)."""
+    block_d = max(16, kernels.next_pow2(n_disp))
+    return max(1, 4096 // block_d), block_d
+
+
 def cost_volume_triton(code_left, code_right, d_min: int, n_disp: int, radius: int):
     """``cost_volume_torch`` with one Triton program per row and block of columns."""
     kernels = _kernels()
     h, w = code_left.shape
     cost = torch.empty((h, w, n_disp), dtype=torch.int16, device=code_left.device)
-    block_d = max(16, kernels.next_pow2(n_disp))
-    block_x = max(1, 4096 // block_d)
+    block_x, block_d = _tile(kernels, n_disp)
     kernels.cost[(h, (w + block_x - 1) // block_x)](
         code_left.contiguous(),
         code_right.contiguous(),
@@ -357,8 +363,7 @@ def winners_triton(total: torch.Tensor, d_min: int, uniqueness: int):
     """``winners_torch`` with one Triton program per row and block of columns."""
     kernels = _kernels()
     h, w, nd = total.shape
-    block_d = max(16, kernels.next_pow2(nd))
-    block_x = max(1, 4096 // block_d)
+    block_x, block_d = _tile(kernels, nd)
     out = []
     for right in (False, True):
         sub = torch.empty((h, w), dtype=torch.float32, device=total.device)
@@ -433,4 +438,4 @@ def sobel_texture(grey: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.float().cpu().numpy().astype(np.float32)
+    return t.float().cpu().numpy()
