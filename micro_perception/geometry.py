@@ -72,6 +72,13 @@ class GeometryConfig:
     # wander along the rows, and checking every fit picked the wrong rows there.
     refit_residual: float = 30e-6
     straight_row_tol_px: float = 0.5
+    # A shaft steeper than this to the image rows crosses each row nearly square: there every
+    # axis is read from its silhouette's four straight edges (a cylinder's outline), each fit
+    # on the rows whose edges lie within straight_row_tol_px of it. Flatter shafts keep the
+    # rows' own centres: their long runs along the rows see the network's edge errors
+    # stretched, and errors both views share (a shadow, a vessel under the edge) cancel in
+    # the rows' disparities but not in lines fit to each view.
+    edge_lines_min_angle_deg: float = 45.0
     max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
     # Instruments enter through the pars plana, this far (deg) from the posterior pole: the
     # slope of a shaft lying along the image rows, which stereo cannot see, is the one that
@@ -88,6 +95,10 @@ class GeometryConfig:
             raise InputError("shaft_length must be > 0 and shaft_start >= 0")
         if self.refit_residual <= 0 or self.straight_row_tol_px <= 0:
             raise InputError("refit_residual and straight_row_tol_px must be > 0")
+        if not 0 < self.edge_lines_min_angle_deg <= 90:
+            raise InputError(
+                f"edge_lines_min_angle_deg must be in (0, 90], got {self.edge_lines_min_angle_deg}"
+            )
 
 
 @dataclass
@@ -508,16 +519,18 @@ def _axis_through_tip(pair, inst: Instrument2D, point, d3, radius_px) -> np.ndar
 def shaft_from_silhouettes(
     pair: StereoPair, left: Instrument2D, right: Instrument2D, px_per_m: float, cfg
 ):
-    """Axis line from the left and right silhouettes' row centres, or None when too flat."""
+    """Axis line from the left and right silhouettes (their straight edges where the shaft is
+    steep in the image, else their rows' centres), or None when too flat."""
     min_sin = np.sin(np.deg2rad(cfg.min_row_angle_deg))
     if min(abs(left.direction[1]), abs(right.direction[1])) < min_sin:
         return None
     w = left.mask.shape[1]
     rows = np.arange(left.mask.shape[0], dtype=float)
     use = np.ones(len(rows), bool)
-    centres = []
+    centres, edges = [], []
     for inst in (left, right):
         c, length, single, first, last = _row_centres(inst.mask, inst.soft)
+        edges.append((c - length / 2, c + length / 2))
         crossing = 2 * inst.radius_px / abs(inst.direction[1])  # across a straight shaft
         along = inst.along(c, rows)
         use &= (
@@ -531,6 +544,11 @@ def shaft_from_silhouettes(
         centres.append(c)
     if use.sum() < cfg.min_rows:
         return None
+    steep = np.sin(np.deg2rad(cfg.edge_lines_min_angle_deg))
+    if min(abs(left.direction[1]), abs(right.direction[1])) >= steep:
+        fit = _shaft_from_edge_lines(pair, edges, rows, use, (left, right), cfg)
+        if fit is not None:
+            return fit[0], _orient(fit[1], left.direction)
     fit = _shaft_line(pair, centres, rows, use, cfg)
     if fit is None:
         return None
@@ -549,6 +567,23 @@ def shaft_from_silhouettes(
     return point, _orient(d3, left.direction)
 
 
+def _shaft_from_edge_lines(pair, edges, rows, use, views, cfg):
+    """The 3D line through the centres of the two views' edge lines, each line fit on the rows
+    whose four edges all lie on their lines; or None."""
+    straight = use.copy()
+    for edge_pair, inst in zip(edges, views, strict=True):
+        tol = cfg.straight_row_tol_px / abs(inst.direction[1])
+        for e in edge_pair:
+            if straight.sum() >= cfg.min_rows:
+                straight &= _on_straight_line(rows, e, straight, tol, cfg.seed)
+    if straight.sum() < cfg.min_rows:
+        return None
+    centres = [
+        (_line_at(rows, e0, straight) + _line_at(rows, e1, straight)) / 2 for e0, e1 in edges
+    ]
+    return _shaft_line(pair, centres, rows, straight, cfg)
+
+
 def _shaft_line(pair, centres, rows, use, cfg):
     """The 3D line through the rows' stereo centres and its median residual (m), or None."""
     if use.sum() < cfg.min_rows:
@@ -563,8 +598,9 @@ def _shaft_line(pair, centres, rows, use, cfg):
 
 
 def _on_straight_line(rows, centres, use, tol, seed, trials=200):
-    """Rows whose centre lies within tol (px, along the row) of the image line that most of
-    the used rows' centres agree on: a consensus over random pairs, then a least-squares line."""
+    """Rows whose centre (or edge) lies within tol (px, along the row) of the image line that
+    most of the used rows agree on: the best of the lines through random pairs of rows, then a
+    least-squares line."""
     x, y = rows[use], centres[use]
     i, j = np.random.default_rng(seed).integers(0, len(x), (2, trials))
     pick = x[i] != x[j]
@@ -573,11 +609,17 @@ def _on_straight_line(rows, centres, use, tol, seed, trials=200):
     i, j = i[pick], j[pick]
     slope = (y[j] - y[i]) / (x[j] - x[i])
     offset = y[i] - slope * x[i]
-    votes = (np.abs(y[None, :] - (offset[:, None] + slope[:, None] * x[None, :])) <= tol).sum(1)
-    k = int(np.argmax(votes))
+    # Truncated squared residuals, not a count: a band tilted across two offset groups of rows
+    # can hold more of them than either group's own line.
+    cost = np.minimum((y[None, :] - (offset[:, None] + slope[:, None] * x[None, :])) ** 2, tol**2)
+    k = int(np.argmin(cost.sum(1)))
     inside = np.abs(centres - (offset[k] + slope[k] * rows)) <= tol
-    slope, offset = np.polyfit(rows[use & inside], centres[use & inside], 1)
-    return np.abs(centres - (offset + slope * rows)) <= tol
+    return np.abs(centres - _line_at(rows, centres, use & inside)) <= tol
+
+
+def _line_at(rows, values, keep):
+    """The least-squares line through the kept rows' values, on every row."""
+    return np.polyval(np.polyfit(rows[keep], values[keep], 1), rows)
 
 
 def _shaft_top_depth(depth, inst: Instrument2D, px_per_m, cfg):
