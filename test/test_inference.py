@@ -120,6 +120,32 @@ def test_cpu_runtime_matches_eager_and_says_what_it_could_not_do():
         rt(torch.rand(3, 8, 8))
 
 
+def test_the_torch_backend_folds_batch_norms_into_the_convolutions():
+    """The segmentation network's norms, with statistics of their own, folded into the
+    convolutions before them: the same logits, no norm left to run, the caller's network as
+    it was."""
+    from micro_perception.depth.segmentation import SegNet
+
+    torch.manual_seed(0)
+    net = SegNet()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.rand(1, 3, 48, 40)
+    with torch.no_grad():
+        want = net(x)
+    rt = Runtime(net, "segmentation", RuntimeConfig(backend="torch", device="cpu"))
+    torch.testing.assert_close(rt(x), want, rtol=1e-4, atol=1e-4)
+    norms = [type(m) for m in rt._net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms == []
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 18
+
+
 def test_failing_engine_falls_back_to_torch_once_and_keeps_answering():
     torch.manual_seed(0)
     net = Tiny()
