@@ -120,10 +120,10 @@ def test_cpu_runtime_matches_eager_and_says_what_it_could_not_do():
         rt(torch.rand(3, 8, 8))
 
 
-def test_the_torch_backend_folds_batch_norms_into_the_convolutions():
+def test_the_torch_backend_folds_batch_norms_and_lays_out_channels_last_where_asked():
     """The segmentation network's norms, with statistics of their own, folded into the
     convolutions before them: the same logits, no norm left to run, the caller's network as
-    it was."""
+    it was. It asks for channels-last on the CPU; a network that does not ask keeps NCHW."""
     from micro_perception.depth.segmentation import SegNet
 
     torch.manual_seed(0)
@@ -144,6 +144,10 @@ def test_the_torch_backend_folds_batch_norms_into_the_convolutions():
     norms = [type(m) for m in rt._net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms == []
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 18
+    first = rt._net.down[0][0].weight
+    assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
+    tiny = Runtime(Tiny(), "tiny", RuntimeConfig(backend="torch", device="cpu"))
+    assert tiny._net.conv.weight.is_contiguous()
 
 
 def test_failing_engine_falls_back_to_torch_once_and_keeps_answering():
