@@ -72,8 +72,8 @@ class GeometryConfig:
     # wander along the rows, and checking every fit picked the wrong rows there.
     refit_residual: float = 30e-6
     straight_row_tol_px: float = 0.5
-    # A shaft steeper than this to the image rows crosses each row nearly square: there every
-    # axis is read from its silhouette's four straight edges (a cylinder's outline), each fit
+    # A shaft steeper than this to the image rows crosses each row nearly square: there the
+    # axis is read from the silhouettes' four straight edges (a cylinder's outline), each fit
     # on the rows whose edges lie within straight_row_tol_px of it. Flatter shafts keep the
     # rows' own centres: their long runs along the rows see the network's edge errors
     # stretched, and errors both views share (a shadow, a vessel under the edge) cancel in
