@@ -20,7 +20,6 @@ scanlines at once does the same integer arithmetic, bit for bit (tested against 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -435,7 +434,3 @@ def sobel_texture(grey: torch.Tensor, block: int) -> torch.Tensor:
     gx = F.conv2d(x, k.view(1, 1, 3, 3)).abs() / 8.0
     r = block // 2
     return F.avg_pool2d(F.pad(gx, (r, r, r, r), mode="reflect"), block, stride=1)[0, 0]
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.float().cpu().numpy()

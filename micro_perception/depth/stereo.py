@@ -143,29 +143,24 @@ def stereo_depth(
     disp_l = match(gl, gr)
     # The right view's disparity: the mirrored pair, matched the same way, mirrored back.
     disp_r = match(np.ascontiguousarray(gr[:, ::-1]), np.ascontiguousarray(gl[:, ::-1]))[:, ::-1]
-    invalid = (disp_l < d_min) | (disp_l >= d_min + n_disp - 1)
-    h, w = gl.shape
-    xs = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
-    x_right = np.round(xs - disp_l).astype(np.int64)
-    inside = (x_right >= 0) & (x_right < w)
-    rows = np.arange(h)[:, None].repeat(w, 1)
-    other = np.where(inside, disp_r[rows, np.clip(x_right, 0, w - 1)], np.nan)
-    lr_error = np.abs(disp_l - other)
-    valid = ~invalid & inside & (other >= d_min) & (lr_error <= cfg.lr_max_diff)
-    disparity = np.where(valid, disp_l, np.nan).astype(np.float32)
-    depth = pair.depth_from_disparity(disparity).astype(np.float32)
+    # SGBM marks a pixel it gave up on by a disparity below the range; the last one is a clamp.
+    disp_l = np.where((disp_l >= d_min) & (disp_l < d_min + n_disp - 1), disp_l, np.nan)
+    disp_r = np.where(disp_r >= d_min, disp_r, np.nan)
     gx = cv2.Sobel(gl, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     texture = cv2.blur(np.abs(gx), (cfg.block_size, cfg.block_size))
-    confidence = np.exp(-((np.nan_to_num(lr_error, nan=99.0) / max(cfg.lr_max_diff, 1e-3)) ** 2))
-    confidence *= texture / (texture + cfg.texture_floor)
-    confidence = np.where(valid & np.isfinite(depth), confidence, 0.0).astype(np.float32)
-    return StereoResult(depth, confidence, disparity)
+    return _left_right_checked(
+        *(
+            torch.from_numpy(np.ascontiguousarray(a, np.float32))
+            for a in (disp_l, disp_r, texture)
+        ),
+        pair,
+        cfg,
+    )
 
 
 @torch.inference_mode()
 def _torch_depth(gl, gr, pair: StereoPair, cfg: StereoConfig, d_min, n_disp, device, warn):
-    """The torch backend: the same checks and confidence as the OpenCV path, computed where
-    the frames are."""
+    """The torch backend, computed where the frames are."""
     from micro_perception.depth import sgm
 
     tl = torch.from_numpy(gl).to(device).float()
@@ -181,21 +176,26 @@ def _torch_depth(gl, gr, pair: StereoPair, cfg: StereoConfig, d_min, n_disp, dev
         radius=cfg.sgm_census_radius,
         warn=warn,
     )
-    h, w = gl.shape
-    xs = torch.arange(w, device=device, dtype=torch.float32).expand(h, w)
+    return _left_right_checked(disp_l, disp_r, sgm.sobel_texture(tl, cfg.block_size), pair, cfg)
+
+
+def _left_right_checked(disp_l, disp_r, texture, pair: StereoPair, cfg: StereoConfig):
+    """Both matchers' last step, on float32 tensors wherever they are (NaN: no disparity): the
+    left disparity where the right view's, at the pixel it maps to, agrees; its depth; and a
+    confidence from that agreement and the texture (grey levels / px)."""
+    h, w = disp_l.shape
+    xs = torch.arange(w, device=disp_l.device, dtype=torch.float32).expand(h, w)
     x_right = torch.round(xs - disp_l)
     inside = (x_right >= 0) & (x_right < w)
     idx = torch.nan_to_num(x_right, nan=0.0).clamp(0, w - 1).long()
     other = torch.where(inside, disp_r.gather(1, idx), torch.nan)
     lr_error = (disp_l - other).abs()
     valid = inside & (lr_error <= cfg.lr_max_diff)
-    disparity = torch.where(valid, disp_l, torch.nan)
-    texture = sgm.sobel_texture(tl, cfg.block_size)
     confidence = torch.exp(
         -((torch.nan_to_num(lr_error, nan=99.0) / max(cfg.lr_max_diff, 1e-3)) ** 2)
     )
     confidence = confidence * texture / (texture + cfg.texture_floor)
-    disparity = sgm.to_numpy(disparity)
+    disparity = torch.where(valid, disp_l, torch.nan).float().cpu().numpy()
     depth = pair.depth_from_disparity(disparity).astype(np.float32)
-    confidence = np.where(valid.cpu().numpy() & np.isfinite(depth), sgm.to_numpy(confidence), 0)
+    confidence = np.where(valid.cpu().numpy() & np.isfinite(depth), confidence.cpu().numpy(), 0)
     return StereoResult(depth, confidence.astype(np.float32), disparity)
