@@ -554,13 +554,7 @@ def shaft_from_silhouettes(
         return None
     point, d3, residual = fit
     if residual > cfg.refit_residual:
-        straight = use.copy()
-        for c, inst in zip(centres, (left, right), strict=True):
-            if straight.sum() < cfg.min_rows:
-                break
-            straight &= _on_straight_line(
-                rows, c, straight, cfg.straight_row_tol_px / abs(inst.direction[1]), cfg.seed
-            )
+        straight = _rows_on_lines(rows, zip(centres, (left, right), strict=True), use, cfg)
         refit = _shaft_line(pair, centres, rows, straight, cfg)
         if refit is not None and refit[2] < 0.5 * residual:
             point, d3, _ = refit
@@ -570,12 +564,10 @@ def shaft_from_silhouettes(
 def _shaft_from_edge_lines(pair, edges, rows, use, views, cfg):
     """The 3D line through the centres of the two views' edge lines, each line fit on the rows
     whose four edges all lie on their lines; or None."""
-    straight = use.copy()
-    for edge_pair, inst in zip(edges, views, strict=True):
-        tol = cfg.straight_row_tol_px / abs(inst.direction[1])
-        for e in edge_pair:
-            if straight.sum() >= cfg.min_rows:
-                straight &= _on_straight_line(rows, e, straight, tol, cfg.seed)
+    each_edge = [
+        (e, inst) for edge_pair, inst in zip(edges, views, strict=True) for e in edge_pair
+    ]
+    straight = _rows_on_lines(rows, each_edge, use, cfg)
     if straight.sum() < cfg.min_rows:
         return None
     centres = [
@@ -595,6 +587,18 @@ def _shaft_line(pair, centres, rows, use, cfg):
     pts = back_project(pair, centres[0][use][ok], rows[use][ok], z[ok])
     point, d3 = _fit_line(pts)
     return point, d3, float(np.median(_line_residuals(pts, point, d3)))
+
+
+def _rows_on_lines(rows, series, use, cfg):
+    """The used rows whose value lies on its image line in every (values, view) series, each
+    within straight_row_tol_px across that view's shaft; fewer than min_rows ends the search."""
+    straight = use.copy()
+    for values, inst in series:
+        if straight.sum() < cfg.min_rows:
+            break
+        tol = cfg.straight_row_tol_px / abs(inst.direction[1])
+        straight &= _on_straight_line(rows, values, straight, tol, cfg.seed)
+    return straight
 
 
 def _on_straight_line(rows, centres, use, tol, seed, trials=200):
