@@ -189,12 +189,18 @@ def bench_stages(
             lambda: stereo_depth(left, right, pair, gpu, dev), seconds, device=dev
         )
         out["stereo_teacher_gpu"]["backend"] = f"torch@{dev}"
+    # The geometry as the pipeline runs it: on the probabilities, whose 0.5 crossing places
+    # the silhouettes' edges between pixels.
     probs = pipe.segment([left, right])
-    masks = probs[0] >= 0.5, probs[1] >= 0.5
     out["geometry"] = timed(
-        lambda: measure(pair, st.depth, masks[0], masks[1], st.confidence), seconds
+        lambda: measure(pair, st.depth, probs[0], probs[1], st.confidence), seconds
     )
+    out["geometry"]["method"] = measure(pair, st.depth, probs[0], probs[1], st.confidence).method
     out["pipeline"] = timed(lambda: pipe(left, right, pair), seconds, device=dev)
+    # depth_node's work when nobody subscribes to the depth image or the point cloud.
+    out["pipeline_distance_only"] = timed(
+        lambda: pipe(left, right, pair, dense=False), seconds, device=dev
+    )
     out["_runtime"] = {"fusion": fuser.runtime.describe(), **pipe.runtimes()}
     return out
 
@@ -212,15 +218,22 @@ def sgbm_peer(left: np.ndarray, right: np.ndarray, seconds: float = 2.0, dispari
 
 
 def bench_frame(size: tuple[int, int], slices: int = 8, seed: int = 6_000_000):
-    """One rendered stereo focal stack at ``size``: ((left (K,H,W,3), right), StereoPair)."""
+    """One rendered stereo focal stack at ``size``: ((left (K,H,W,3), right), StereoPair,
+    scene). The scene is the first from ``seed`` on with an instrument in it: a frame without
+    one skips most of the geometry and would time the easy path."""
     from micro_perception.optics import MicroscopeOptics
     from micro_perception.sim.render import render_sample
     from micro_perception.sim.scene import SceneConfig, make_scene
 
     optics = MicroscopeOptics().scaled_to(*size)
-    sample = render_sample(make_scene(seed, optics, SceneConfig()), optics, slices)
+    scene = make_scene(seed, optics, SceneConfig())
+    while scene.instrument is None:
+        seed += 1
+        scene = make_scene(seed, optics, SceneConfig())
+    sample = render_sample(scene, optics, slices)
     stacks = tuple(np.stack(getattr(sample, eye).slices) for eye in ("left", "right"))
-    return stacks, optics.stereo()
+    info = {"seed": seed, "instrument": scene.instrument.kind, "gap_normal_m": scene.gap_normal}
+    return stacks, optics.stereo(), info
 
 
 def peak_rss_mb() -> float:

@@ -522,12 +522,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for size in sizes:
             key = f"{size[0]}x{size[1]}"
             say(f"rendering a {key} stereo stack of {args.slices} slices ...")
-            stacks, pair = bench.bench_frame(size, args.slices)
+            stacks, pair, scene = bench.bench_frame(size, args.slices)
             if "stages" in parts:
                 stages = bench.bench_stages(
                     stacks, pair, configs[0], args.seconds, args.depth_weights
                 )
-                out["stages"][key] = {**_conversion_stages(stacks[0][-1], args.seconds), **stages}
+                out["stages"][key] = {
+                    **_conversion_stages(stacks[0][-1], args.seconds),
+                    **stages,
+                    "_scene": scene,
+                }
             if "peers" in parts:
                 left = stacks[0][len(stacks[0]) // 2]
                 right = stacks[1][len(stacks[1]) // 2]
@@ -571,7 +575,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return 0
     for size, stages in out.get("stages", {}).items():
-        print(f"\nstages at {size} ({out['device']}), ms:")
+        scene = stages["_scene"]
+        print(
+            f"\nstages at {size} ({out['device']}; a {scene['instrument']} "
+            f"{scene['gap_normal_m'] * 1e3:.2f} mm above the retina, geometry method "
+            f"{stages['geometry']['method']}), ms:"
+        )
         print(f"  {'stage':<20}{'p50':>9}{'p95':>9}{'max':>9}")
         for name, t in stages.items():
             if not name.startswith("_"):

@@ -4,6 +4,7 @@ import json
 
 from micro_perception.bench import parse_runtimes, summary_ms
 from micro_perception.cli import main
+from micro_perception.sim.scene import INSTRUMENT_KINDS
 
 
 def test_summary_is_median_p95_and_max():
@@ -51,9 +52,14 @@ def test_bench_json_has_stages_peers_and_networks(capsys):
         "segmentation",
         "stereo_teacher",
         "geometry",
+        "pipeline",
+        "pipeline_distance_only",
         "array_to_msg",
     ):
         assert stages[stage]["p50"] > 0 and stages[stage]["p95"] >= stages[stage]["p50"]
+    # Timed on a frame with an instrument in it, which the geometry has to measure.
+    scene = stages["_scene"]
+    assert scene["instrument"] in INSTRUMENT_KINDS and 0 < scene["gap_normal_m"] < 0.01
     assert out["peers"]["sgbm"]["64x64"]["runs"] >= 5
     rows = {(r["network"], r["runtime"]) for r in out["networks"]}
     # tensorrt on a CPU machine runs (and says it runs) torch on the CPU.
