@@ -29,7 +29,7 @@ microscope), the frame every output of the depth node uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -62,6 +62,10 @@ class GeometryConfig:
     # A working end thinner than this fraction of the shaft is jaws or blades: measured on the
     # silhouettes, not modelled as the shaft's own rounded end.
     thin_end_ratio: float = 0.6
+    # Thinner still than any jaw or blade (their radii are 0.2-0.4 of the shaft's): a sliver
+    # left by a notch in the mask (a vitrector's dark port the network missed). Where one view
+    # reads that and the other a round end, the round end is believed.
+    broken_end_ratio: float = 0.15
     end_percentile: float = 1.0  # of the jaws' or blades' gaps: their lowest, less a stray row
     min_rows: int = 12  # rows crossing the shaft needed for the silhouette method
     min_row_angle_deg: float = 15.0  # shafts flatter than this are matched by their tip
@@ -436,6 +440,22 @@ def _end_radius_px(pts, along, px_per_m, cfg) -> float | None:
     if values.size < 3:
         return None
     return max(float(np.percentile(values, 10)) - 0.5, 0.5)
+
+
+def _working_end_radius_px(left: Instrument2D, right: Instrument2D, cfg) -> float:
+    """The left view's working-end radius, decided by both views where they disagree on
+    whether the end is thin (jaws, blades) or round. A blade can hide against the shaft in
+    one view and read round there; a notch in one view's mask can read as a sliver. So the thin
+    view is believed unless it is thinner than any blade."""
+    ratios = [v.tip_radius_px / v.radius_px for v in (left, right)]
+    thin = [r < cfg.thin_end_ratio for r in ratios]
+    if thin[0] == thin[1]:
+        return left.tip_radius_px
+    k = 0 if thin[0] else 1  # the thin view
+    if ratios[k] < cfg.broken_end_ratio:
+        k = 1 - k
+    # The other view's ratio, on the left view's shaft radius (the views' scales agree).
+    return ratios[k] * left.radius_px
 
 
 # --- the shaft in 3D ---------------------------------------------------------------------------
@@ -888,6 +908,8 @@ def measure(
     out.instrument_mask = inst.mask
     line = None
     right = find_instrument(right_mask, px_per_m, cfg) if right_mask is not None else None
+    if right is not None:
+        inst = replace(inst, tip_radius_px=_working_end_radius_px(inst, right, cfg))
     if right is not None:
         line = shaft_from_silhouettes(pair, inst, right, px_per_m, cfg)
         if line is not None:

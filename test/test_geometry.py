@@ -318,3 +318,53 @@ def test_rows_the_network_displaced_are_left_out_of_the_shaft_axis(optics, seed,
         assert measure(pair, depth, bent, right).distance_normal == pytest.approx(
             clean.distance_normal, abs=3e-6
         )
+
+
+def test_a_notch_in_one_view_does_not_make_a_round_end_jaws(optics):
+    """A network that misses most of the end in one view (a vitrector's dark port, a shadow)
+    leaves a sliver thinner than any blade there. The other view shows the round end, and it
+    is believed: the end is the shaft's capsule, not jaws measured on a sliver's rows."""
+    scene = make_scene(3, optics, kind="needle", gap=0.3e-3)
+    depth, mask, right_mask = exact_views(scene, optics)
+    pair = optics.stereo()
+    px_per_m = pair.left.fx / float(np.nanmedian(depth))
+    inst = find_instrument(mask, px_per_m)
+    v, u = np.nonzero(inst.mask)
+    along = inst.along(u, v) / px_per_m
+    lateral = -(u - inst.tip_px[0]) * inst.direction[1] + (v - inst.tip_px[1]) * inst.direction[0]
+    notched = mask.copy()
+    cut = (along > 0.1e-3) & (along < 0.5e-3) & (lateral > -0.7 * inst.radius_px)
+    notched[v[cut], u[cut]] = False
+    sliver = find_instrument(notched, px_per_m)
+    assert sliver.tip_radius_px < 0.15 * sliver.radius_px
+    clean = measure(pair, depth, mask, right_mask)
+    m = measure(pair, depth, notched, right_mask)
+    assert not any(n.startswith("jaws or blades") for n in m.notes), m.notes
+    assert m.distance_normal == pytest.approx(clean.distance_normal, abs=30e-6)
+    left_only = measure(pair, depth, notched, right_mask, cfg=GeometryConfig(broken_end_ratio=0))
+    assert left_only.distance_normal - clean.distance_normal > 150e-6
+
+
+def test_blades_one_view_sees_against_the_shaft_are_still_blades(optics):
+    """Where the left view's working end reads round (blades lying over the shaft there, or a
+    mask filled between them) and the right view's reads thin, the blades are measured."""
+    import cv2
+
+    scene = make_scene(1, optics, kind="scissors", gap=0.3e-3)
+    depth, mask, right_mask = exact_views(scene, optics)
+    pair = optics.stereo()
+    px_per_m = pair.left.fx / float(np.nanmedian(depth))
+    inst = find_instrument(mask, px_per_m)
+    # The left end filled out to the shaft's width: a disc over the blades' first half.
+    filled = mask.copy().astype(np.uint8)
+    centre = inst.tip_px + 1.5 * inst.radius_px * inst.direction
+    cv2.circle(filled, tuple(int(c) for c in np.rint(centre)), int(inst.radius_px), 1, -1)
+    filled = filled > 0
+    fat = find_instrument(filled, px_per_m)
+    assert fat.tip_radius_px >= 0.6 * fat.radius_px
+    m = measure(pair, depth, filled, right_mask)
+    assert any(n.startswith("jaws or blades") for n in m.notes), m.notes
+    right_view = find_instrument(right_mask, px_per_m)
+    assert np.linalg.norm(m.tip_xyz - m.centre_xyz) == pytest.approx(
+        right_view.tip_radius_px * m.centre_xyz[2] / pair.left.fx, rel=0.2
+    )
