@@ -230,7 +230,8 @@ def fit_sphere(points: np.ndarray, cfg: GeometryConfig | None = None) -> SphereF
     """RANSAC then least squares; raises InputError when no plausible sphere fits."""
     cfg = cfg or GeometryConfig()
     p = np.asarray(points, float).reshape(-1, 3)
-    p = p[np.isfinite(p).all(1)]
+    with np.errstate(invalid="ignore"):  # inf - inf
+        p = p[np.isfinite(p.sum(1))]  # NaN or inf in any coordinate; .all(1) is slow on (N, 3)
     if len(p) < cfg.min_retina_points:
         raise InputError(f"{len(p)} retina points, need {cfg.min_retina_points}")
     rng = np.random.default_rng(cfg.seed)
@@ -306,12 +307,16 @@ def _largest_component(
     for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA]):
         if stats[i, cv2.CC_STAT_AREA] < min_px:
             return None
-        comp = labels == i
+        # Within the component's bounding box: whole-image scans cost more than the rest.
+        x, y, w, h = stats[i, :4]
+        box = labels[y : y + h, x : x + w] == i
         if min_elongation > 0:
-            v, u = np.nonzero(comp)
+            v, u = np.nonzero(box)
             ev = np.linalg.eigvalsh(np.cov(np.stack([u, v]).astype(np.float64)))
             if ev[0] > 0 and np.sqrt(ev[1] / ev[0]) < min_elongation:
                 continue
+        comp = np.zeros(mask.shape, bool)
+        comp[y : y + h, x : x + w] = box
         return comp
     return None
 
@@ -320,9 +325,9 @@ def _fill_holes(comp: np.ndarray, max_px: float) -> np.ndarray:
     """``comp`` with its enclosed background holes of at most ``max_px`` pixels filled."""
     if max_px < 1:
         return comp
-    v, u = np.nonzero(comp)
-    y0, x0 = v.min(), u.min()
-    box = comp[y0 : v.max() + 1, x0 : u.max() + 1]
+    rows, cols = np.flatnonzero(comp.any(1)), np.flatnonzero(comp.any(0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    box = comp[y0:y1, x0:x1]
     # One pixel of background around the box joins everything outside into one component.
     inv = np.pad(~box, 1, constant_values=True).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
@@ -331,7 +336,7 @@ def _fill_holes(comp: np.ndarray, max_px: float) -> np.ndarray:
     if not small:
         return comp
     out = comp.copy()
-    out[y0 : v.max() + 1, x0 : u.max() + 1] |= np.isin(labels[1:-1, 1:-1], small)
+    out[y0:y1, x0:x1] |= np.isin(labels[1:-1, 1:-1], small)
     return out
 
 
@@ -744,8 +749,7 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
     regions = []
     for inst in (left, right):
         h, w = inst.mask.shape
-        v, u = np.mgrid[0:h, 0:w]
-        along = inst.along(u, v)
+        along = inst.along(np.arange(w)[None, :], np.arange(h)[:, None])
         regions.append(inst.mask & (along <= zone))
     slope = max(abs(left.direction[1]), 1e-3)
     # Every run of both views at once; rows where the views cut the same number of runs pair
