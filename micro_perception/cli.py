@@ -607,6 +607,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{lat.get('p50', float('nan')):.0f} ms, p95 {lat.get('p95', float('nan')):.0f} ms, "
             f"max {lat.get('max', float('nan')):.0f} ms"
         )
+        for name, fig in e.get("nodes", {}).items():
+            times = ", ".join(f"{k} {v:.0f}" for k, v in fig.items() if k.endswith("_ms"))
+            dropped = fig.get("superseded_in_window")
+            print(
+                f"  {name} (median of {fig['reports']} reports): {times or '-'}"
+                + (f"; superseded {dropped}" if dropped is not None else "")
+            )
     if "transport" in out:
         t = out["transport"]
         for key in ("between_processes", "in_process", "shm_between_processes"):

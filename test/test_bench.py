@@ -100,6 +100,12 @@ def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
     assert 0 < lat["p50"] <= lat["p95"] <= lat["max"] < 10_000
     assert set(e2e["rss_mb"]) == {"sim_microscope_node", "focal_fusion_node", "depth_node"}
     assert all(mb > 50 for mb in e2e["rss_mb"].values())
+    # Where the time goes, from the nodes' own /diagnostics in the same window.
+    depth = e2e["nodes"]["depth_node"]
+    assert depth["reports"] >= 2
+    assert 0 < depth["geometry_ms"] < depth["pair_ms"] < 10_000
+    assert 0 < depth["pair_age_ms"] < 10_000 and depth["superseded_in_window"] >= 0
+    assert e2e["nodes"]["focal_fusion_node"]["fuse_ms"] > 0
     t = out["transport"]
     assert t["between_processes"]["received"] == 8 == t["in_process"]["received"]
     assert t["ms"]["p50"] > 0 and t["memcpy_ms"]["p50"] >= 0

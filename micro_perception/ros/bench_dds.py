@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState, Range
@@ -91,8 +92,17 @@ def run_end_to_end(
         with lock:
             focus.append(time.time())
 
+    diagnostics: list[tuple[float, str, dict]] = []  # (arrival, node, values), once a second
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        now = time.time()
+        with lock:
+            for st in msg.status:
+                diagnostics.append((now, st.hardware_id, {kv.key: kv.value for kv in st.values}))
+
     node.create_subscription(Range, "instrument/retina_distance", on_range, 50)
     node.create_subscription(JointState, "focus", on_focus, image_qos("reliable", 100))
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
     ex = SingleThreadedExecutor(context=context)
     ex.add_node(node)
     thread = threading.Thread(target=ex.spin, daemon=True)
@@ -127,6 +137,7 @@ def run_end_to_end(
     with lock:
         window = [r for r in ranges if t_start <= r[0] < t_end]
         sweeps = sum(1 for t in focus if t_start <= t < t_end) / slices  # one focus per slice
+        reports = [(node, values) for t, node, values in diagnostics if t_start <= t < t_end]
     lat = [(arr - stamp) * 1e3 for arr, stamp, _ in window]
     span = t_end - t_start
     return {
@@ -140,6 +151,7 @@ def run_end_to_end(
         "latency_ms": summary_ms(lat) if lat else None,
         "known": int(sum(np.isfinite(r[2]) for r in window)),
         "rss_mb": rss,
+        "nodes": _node_figures(reports, list(procs)),
         "runtime": runtime or {},
         **(
             _soak(window, t_start, t_end, soak_window_s, rss_start, rss_end)
@@ -147,6 +159,33 @@ def run_end_to_end(
             else {}
         ),
     }
+
+
+# The counters of inputs a node's newest-first worker dropped for a newer one.
+_SUPERSEDED = {"depth_node": "superseded", "focal_fusion_node": "superseded_stacks"}
+
+
+def _node_figures(reports: list[tuple[str, dict]], names: list[str]) -> dict:
+    """Per node, from its /diagnostics of the measured window (once a second, each the last
+    frame's): the median of every time figure (``*_ms``: the depth node's stages, its whole
+    work on a pair and the pair's age when that starts, the fusion node's stack) and how many
+    inputs the newest-first workers dropped in the window."""
+    out: dict[str, dict] = {}
+    for name in names:
+        values = [v for node, v in reports if node == name]
+        if not values:
+            continue
+        fig: dict = {"reports": len(values)}
+        for key in sorted({k for v in values for k in v if k.endswith("_ms")}):
+            # "-": the stage did not run on that frame.
+            nums = [float(v[key]) for v in values if v.get(key, "-") != "-"]
+            if nums:
+                fig[key] = float(np.median(nums))
+        key = _SUPERSEDED.get(name)
+        if key:  # a counter appears with its first count
+            fig["superseded_in_window"] = int(values[-1].get(key, 0)) - int(values[0].get(key, 0))
+        out[name] = fig
+    return out
 
 
 def _soak(window, t_start, t_end, span, rss_start, rss_end) -> dict:

@@ -283,10 +283,14 @@ class DepthNode(Node):
         return np.ascontiguousarray(arr[..., ::-1] if COLOUR_ORDER[msg.encoding] else arr)
 
     def _on_pair(self, left: Image, right: Image, left_info: CameraInfo, right_info: CameraInfo):
+        t0 = time.perf_counter()
         self.health.input()
         stamp_ns = left.header.stamp.sec * 1_000_000_000 + left.header.stamp.nanosec
         if not self._stamp_ok(stamp_ns):
             return
+        # How old the pair is when its work starts (the chain before this node, transport and
+        # waiting for the worker) and how long the work takes: where a chain's latency goes.
+        age_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
         try:
             pair = camera_infos_to_stereo(left_info, right_info)
             images = self._decode(left, "left/image"), self._decode(right, "right/image")
@@ -306,6 +310,8 @@ class DepthNode(Node):
             return
         with self._lock:
             self._publish(left, left_info, images[0], pair, result, stamp_ns * 1e-9)
+            self.health.values["pair_age_ms"] = f"{age_ms:.1f}"
+            self.health.values["pair_ms"] = f"{(time.perf_counter() - t0) * 1e3:.1f}"
 
     def _stamp_ok(self, stamp_ns: int) -> bool:
         """Drops (and counts) a pair stamped like the last one or from the future; a stamp going
