@@ -956,8 +956,11 @@ def measure(
     thin = inst.tip_radius_px < cfg.thin_end_ratio * inst.radius_px
     end = working_end_points(pair, inst, right, px_per_m, cfg) if right is not None else None
     # Closed, straight jaws do lie on the axis: there the capsule holds, and rows along a jaw
-    # that runs near the image rows say little.
-    if not (thin and end is not None) or _end_on_axis(pair, inst, point, d3, px_per_m):
+    # that runs near the image rows say little. Only on an axis the silhouettes measured: a
+    # flat shaft's (method "tip") slope is assumed from the port, and jaws capped on it read
+    # 0.1-0.2 mm off.
+    on_axis = out.method == "silhouette" and _end_on_axis(pair, inst, point, d3, px_per_m)
+    if not (thin and end is not None) or on_axis:
         parts.append(capsule_gaps(out.retina, centre, d3, r_tip, cfg.shaft_start))
     if end is not None and (thin or out.method == "silhouette"):
         pts, r_px = end
