@@ -831,9 +831,18 @@ def cmd_train_depth(args: argparse.Namespace) -> int:
 
 def cmd_train_segment(args: argparse.Namespace) -> int:
     """Train the instrument segmentation network on simulated masks."""
+    from micro_perception.depth.segmentation import SegNetConfig
+    from micro_perception.model_io import load_weights
     from micro_perception.training.segment_train import SegmentTrainConfig, train_segment
 
+    if args.widths:
+        net = SegNetConfig(tuple(args.widths))
+    elif args.init:
+        net = SegNetConfig.from_dict(load_weights(args.init, "segmentation")[0])
+    else:
+        net = SegNetConfig()
     cfg = SegmentTrainConfig(
+        net=net,
         input=args.input,
         crops_per_frame=args.crops_per_frame,
         init=args.init,
@@ -1490,6 +1499,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="loss weight of pixels near the true outline, where the distance is read",
     )
     p.add_argument("--edge-band", type=int, default=2, help="px either side of the outline")
+    p.add_argument(
+        "--widths",
+        type=int,
+        nargs="+",
+        help="channels per scale, full resolution first (default: the shipped network's "
+        "8 16 24 32 48; with --init, those of the weights)",
+    )
     p.set_defaults(func=cmd_train_segment)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
         dest="net", required=True

@@ -157,13 +157,21 @@ def test_segmentation_training_lowers_the_loss_and_scores(depth_data, run_cli, c
     out = depth_data / "seg" / "seg.pt"
     common = ("--data", depth_data / "data", "--out", out, "--batch", "2", "--size", "64")
     common += ("--input", "aif", "--device", "cpu", "--crops-per-frame", "4")
-    done = run_cli("train", "segment", *common, "--val", depth_data / "data", "--epochs", "3")
+    done = run_cli(
+        "train", "segment", *common, "--val", depth_data / "data", "--epochs", "3",
+        "--widths", "6", "10", "14",
+    )  # fmt: skip
     start, end = json.loads(done.stdout)["train_loss_first_last"]
     assert end < start
     ck = load_checkpoint(f"{out}.ckpt")
     assert ck["epoch"] == 3 and ck["config"]["input"] == "aif"
     net = load_seg_net(out)
+    assert net.cfg.widths == (6, 10, 14)
     assert net(torch.zeros(1, 3, 40, 52)).shape == (1, 1, 40, 52)  # any size
+    # A fine-tune takes its starting weights' architecture.
+    tuned = depth_data / "seg" / "tuned.pt"
+    run_cli("train", "segment", *common[:3], tuned, *common[4:], "--epochs", "1", "--init", out)
+    assert load_seg_net(tuned).cfg.widths == (6, 10, 14)
     scores = cli_json(
         "eval",
         "segment",
