@@ -1237,6 +1237,14 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
         f"{f(result['tip_detect'], '.3f')}; tip error {f(result['tip_error_um'])} um; "
         f"{f(result['ms'], '.0f')} ms/frame"
     )
+    curve = ", ".join(
+        f"+{um} um: {f(r['miss'], '.3f')} / {f(r['false_alarm'], '.3f')}"
+        for um, r in result["alert_margins"].items()
+    )
+    print(
+        f"  alert with a guard band (miss / false alarm): {curve}; no miss from "
+        f"+{f(result['margin_for_no_miss_um'], '.0f')} um"
+    )
     return 0
 
 

@@ -183,3 +183,33 @@ def test_eval_distance_json_on_a_small_set(tmp_path, simulate, cli_json):
     assert sum(r["n"] for r in result["by_instrument"].values()) == n_ranges
     assert result["_meta"]["frames"] == 3 and result["_meta"]["masks"] == "oracle"
     assert len(rows) == 3 and {"true_m", "measured_m", "method"} <= set(rows[0])
+
+
+def test_the_alert_guard_band_trades_misses_for_false_alarms():
+    from types import SimpleNamespace
+
+    from micro_perception.training.distance_eval import summarise
+
+    def row(true_mm, measured_mm):
+        return {
+            "frame": "f",
+            "instrument": "needle",
+            "true_m": true_mm * 1e-3,
+            "measured_m": measured_mm * 1e-3,
+            "method": "silhouette",
+            "reason": "",
+            "tip_error_um": None,
+            "ms": 1.0,
+        }
+
+    rows = [row(0.45, 0.52), row(0.30, 0.30), row(0.60, 0.56), row(np.inf, np.inf)]
+    out = summarise(rows, 0.5e-3, "aif", False, "normal", SimpleNamespace(mask_source="x"), "d")
+    m = out["alert_margins"]
+    assert (out["miss"], out["false_alarm"]) == (0.5, 0.0)
+    assert (m["0"]["miss"], m["0"]["false_alarm"]) == (0.5, 0.0)
+    assert (m["25"]["miss"], m["25"]["false_alarm"]) == (0.0, 0.0)  # 0.52 < 0.525
+    assert (m["75"]["miss"], m["75"]["false_alarm"]) == (0.0, 0.5)  # 0.56 < 0.575
+    assert out["margin_for_no_miss_um"] == pytest.approx(20.0)
+    rows.append(row(0.2, np.inf))  # a close frame without a distance: no margin catches it
+    out = summarise(rows, 0.5e-3, "aif", False, "normal", SimpleNamespace(mask_source="x"), "d")
+    assert out["margin_for_no_miss_um"] == np.inf and out["alert_margins"]["200"]["miss"] > 0

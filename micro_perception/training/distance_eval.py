@@ -9,6 +9,10 @@ optical axis with ``mode="axial"``) against the scene's exact gap from the instr
 * ``miss`` / ``false_alarm``: the proximity alert at ``alert_distance`` frame by frame (no
   hysteresis): frames truly closer than it without an alert, and frames not closer (including
   frames with no instrument) with one;
+* ``alert_margins``: the same two rates were the alert set ``margin`` um above
+  ``alert_distance`` (a guard band for the measurement's error: set ``alert_distance`` to the
+  safety distance plus the margin), and ``margin_for_no_miss_um``, the least margin that misses
+  no frame here (inf when a close frame has no distance at all);
 * ``by_instrument``: MAE, p95 and tip detection of each instrument kind;
 * ``tip_error_um``: mean 3D distance between the measured and the true tip;
 * ``ms``: median milliseconds of the pipeline per frame on this machine.
@@ -31,6 +35,7 @@ from micro_perception.sim.dataset import dataset_stereo_pair, find_stacks
 from micro_perception.training.depth_eval import eval_frame
 
 RANGES = (("<0.5mm", 0.0, 0.5e-3), ("0.5-1.5mm", 0.5e-3, 1.5e-3), (">1.5mm", 1.5e-3, np.inf))
+MARGINS_UM = (0, 25, 50, 75, 100, 150, 200)
 GAP_RANGE = (0.05e-3, 3.0e-3)
 
 
@@ -113,6 +118,16 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
         by_instrument[kind] = _stats(sel) | {"tip_detect": len(sel) / len(mine)}
     close = [r["measured_m"] < alert_distance for r in rows if r["true_m"] < alert_distance]
     far = [r["measured_m"] < alert_distance for r in rows if not r["true_m"] < alert_distance]
+    margins = {}
+    for um in MARGINS_UM:
+        on = alert_distance + um * 1e-6
+        c = [r["measured_m"] < on for r in rows if r["true_m"] < alert_distance]
+        f = [r["measured_m"] < on for r in rows if not r["true_m"] < alert_distance]
+        margins[str(um)] = {
+            "miss": (c.count(False) / len(c)) if c else None,
+            "false_alarm": (sum(f) / len(f)) if f else None,
+        }
+    worst = max((r["measured_m"] for r in rows if r["true_m"] < alert_distance), default=None)
     tips = [r["tip_error_um"] for r in measured if r["tip_error_um"] is not None]
     summary = _stats(err)
     return {
@@ -123,6 +138,10 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
         "by_instrument": by_instrument,
         "false_alarm": (sum(far) / len(far)) if far else None,
         "miss": (close.count(False) / len(close)) if close else None,
+        "alert_margins": margins,
+        "margin_for_no_miss_um": (
+            None if worst is None else max(0.0, (worst - alert_distance) * 1e6)
+        ),
         "tip_detect": (len(measured) / len(in_range)) if in_range else None,
         "tip_error_um": float(np.mean(tips)) if tips else None,
         "ms": float(np.median([r["ms"] for r in rows])) if rows else None,
