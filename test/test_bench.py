@@ -4,6 +4,7 @@ import json
 
 from micro_perception.bench import parse_runtimes, summary_ms
 from micro_perception.cli import main
+from micro_perception.inference import node_threads
 from micro_perception.sim.scene import INSTRUMENT_KINDS
 
 
@@ -106,6 +107,12 @@ def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
     assert 0 < depth["geometry_ms"] < depth["pair_ms"] < 10_000
     assert 0 < depth["pair_age_ms"] < 10_000 and depth["superseded_in_window"] >= 0
     assert e2e["nodes"]["focal_fusion_node"]["fuse_ms"] > 0
+    # Each node in its own process takes half the cores for torch: the two share the machine.
+    assert (
+        depth["segmentation_threads"]
+        == node_threads()
+        == e2e["nodes"]["focal_fusion_node"]["threads"]
+    )
     t = out["transport"]
     assert t["between_processes"]["received"] == 8 == t["in_process"]["received"]
     assert t["ms"]["p50"] > 0 and t["memcpy_ms"]["p50"] >= 0

@@ -108,7 +108,12 @@ def test_cpu_runtime_matches_eager_and_says_what_it_could_not_do():
         RuntimeConfig(backend="tensorrt", precision="fp16", device="cpu"),
         warnings.append,
     )
-    assert rt.describe() == {"backend": "torch", "device": "cpu", "precision": "fp32"}
+    assert rt.describe() == {
+        "backend": "torch",
+        "device": "cpu",
+        "precision": "fp32",
+        "threads": torch.get_num_threads(),
+    }
     assert any("tensorrt needs CUDA" in w for w in warnings)
     assert any("fp16 needs CUDA" in w for w in warnings)
     out, mean = rt(x)

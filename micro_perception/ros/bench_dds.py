@@ -168,8 +168,9 @@ _SUPERSEDED = {"depth_node": "superseded", "focal_fusion_node": "superseded_stac
 def _node_figures(reports: list[tuple[str, dict]], names: list[str]) -> dict:
     """Per node, from its /diagnostics of the measured window (once a second, each the last
     frame's): the median of every time figure (``*_ms``: the depth node's stages, its whole
-    work on a pair and the pair's age when that starts, the fusion node's stack) and how many
-    inputs the newest-first workers dropped in the window."""
+    work on a pair and the pair's age when that starts, the fusion node's stack), the torch
+    threads its networks run on, and how many inputs the newest-first workers dropped in the
+    window."""
     out: dict[str, dict] = {}
     for name in names:
         values = [v for node, v in reports if node == name]
@@ -181,6 +182,8 @@ def _node_figures(reports: list[tuple[str, dict]], names: list[str]) -> dict:
             nums = [float(v[key]) for v in values if v.get(key, "-") != "-"]
             if nums:
                 fig[key] = float(np.median(nums))
+        for key in sorted({k for v in values for k in v if k.endswith("threads")}):
+            fig[key] = int(values[-1][key]) if values[-1].get(key, "").isdigit() else None
         key = _SUPERSEDED.get(name)
         if key:  # a counter appears with its first count
             fig["superseded_in_window"] = int(values[-1].get(key, 0)) - int(values[0].get(key, 0))

@@ -165,7 +165,14 @@ def runtime_params(what: str) -> list[ParamSpec]:
             read_only=True,
         ),
         ParamSpec(
-            "threads", 0, "CPU threads for torch (0 = torch's default)", 0, 256, read_only=True
+            "threads",
+            0,
+            "CPU threads for torch (0 = half this machine's cores, at least 1, for a node in "
+            "its own process: the fusion and depth nodes share them; torch's default where "
+            "nodes share one process)",
+            0,
+            256,
+            read_only=True,
         ),
         ParamSpec("torch_compile", False, "torch backend through torch.compile", read_only=True),
         ParamSpec(
@@ -183,14 +190,27 @@ def runtime_params(what: str) -> list[ParamSpec]:
     ]
 
 
-def runtime_config(p: Parameters):
-    from micro_perception.inference import RuntimeConfig
+# Whether this process hosts one node (its own executable, as `ros2 launch` starts it). torch's
+# thread pool is per process: nodes in their own processes must split the cores between them,
+# nodes sharing one process (`micro-perception run`, the in-process chain) share one pool.
+_OWN_PROCESS = False
 
+
+def node_has_own_process() -> None:
+    """Called by a node's executable before it builds the node (runner.spin_node)."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
+
+
+def runtime_config(p: Parameters):
+    from micro_perception.inference import RuntimeConfig, node_threads
+
+    threads = p["threads"] or (node_threads() if _OWN_PROCESS else 0)
     return RuntimeConfig(
         backend=p["backend"],
         precision=p["precision"],
         device=p["device"],
         engine_cache_dir=p["engine_cache_dir"],
-        threads=p["threads"],
+        threads=threads,
         torch_compile=p["torch_compile"],
     )

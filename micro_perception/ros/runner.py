@@ -20,6 +20,9 @@ def log_report(node: Node) -> None:
 def spin_node(
     make_node: Callable[[], Node], args=None, on_exit: Callable[[Node], None] | None = None
 ) -> None:
+    from micro_perception.ros.params import node_has_own_process
+
+    node_has_own_process()
     try:
         with rclpy.init(args=args):
             try:
