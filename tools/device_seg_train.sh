@@ -11,6 +11,7 @@
 # Results go to $OUT (default: device_out/): log.txt, seg_new.pt (a few MB), eval_*.json.
 # Locally, as a dry run on the CPU:
 #   DEVICE=cpu SAMPLES=6 VAL=2 TEST=4 TRAIN_BUDGET=20 WIDTHS="4 8" bash tools/device_seg_train.sh
+# (test/test_tools.py runs it so at 128x128).
 set -u
 OUT=${OUT:-device_out}
 mkdir -p "$OUT"
@@ -19,6 +20,9 @@ DEVICE=${DEVICE:-cuda}
 SAMPLES=${SAMPLES:-800}
 TEST=${TEST:-300}
 VAL=${VAL:-40}
+SIZE=${SIZE:-512 512}  # the distance frames' size; smaller only for a dry run
+CROP=${CROP:-256}  # training crops, px
+BATCH=${BATCH:-16}
 TRAIN_BUDGET=${TRAIN_BUDGET:-240}
 WIDTHS=${WIDTHS:-16 24 32 48 64}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -37,19 +41,19 @@ W=$(( $(nproc) > 2 ? $(nproc) - 1 : 1 ))
 AMP=""
 [ "$DEVICE" = "cuda" ] && AMP="--amp"
 
-stamp "simulate $SAMPLES training, $VAL validation and $TEST distance frames (512x512, 8 slices)"
+stamp "simulate $SAMPLES training, $VAL validation and $TEST distance frames ($SIZE, 8 slices)"
 timeout 300 $MP simulate --out "$WORK/train" --samples "$SAMPLES" --seed 12 --split train \
-  --size 512 512 --workers "$W" --json | tail -2
-timeout 60 $MP simulate --out "$WORK/val" --samples "$VAL" --seed 12 --split val --size 512 512 \
+  --size $SIZE --workers "$W" --json | tail -2
+timeout 60 $MP simulate --out "$WORK/val" --samples "$VAL" --seed 12 --split val --size $SIZE \
   --workers "$W" --json | tail -2
 timeout 150 $MP simulate --out "$WORK/test" --samples "$TEST" --seed 1 --split test \
-  --size 512 512 --workers "$W" --json | tail -2
+  --size $SIZE --workers "$W" --json | tail -2
 
 stamp "train segment: widths $WIDTHS, fused inputs, $TRAIN_BUDGET s budget"
 # shellcheck disable=SC2086  # WIDTHS is a list of numbers
 timeout $((TRAIN_BUDGET + 240)) $MP train segment --data "$WORK/train" --val "$WORK/val" \
-  --out "$WORK/seg_new.pt" --input fused --widths $WIDTHS --epochs 60 --batch 16 --size 256 \
-  --crops-per-frame 2 --lr 3e-3 --tip-crops 0.4 --bright-crops 0.1 --bright-weight 3 \
+  --out "$WORK/seg_new.pt" --input fused --widths $WIDTHS --epochs 60 --batch "$BATCH" \
+  --size "$CROP" --crops-per-frame 2 --lr 3e-3 --tip-crops 0.4 --bright-crops 0.1 --bright-weight 3 \
   --workers 4 $AMP --time-budget "$TRAIN_BUDGET" --device "$DEVICE" 2>"$WORK/train.err" \
   > "$OUT/train_seg.json"
 grep -v "it/s\]" "$WORK/train.err" | tail -20

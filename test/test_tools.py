@@ -1,0 +1,47 @@
+"""The GPU machines' scripts in tools/, dry-run on the CPU at toy size: a GPU session is
+scarce, and a script that breaks there wastes it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_segmentation_training_script_runs_end_to_end_on_the_cpu(tmp_path):
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path / "out"),
+        WORK=str(tmp_path / "work"),
+        DEVICE="cpu",
+        SAMPLES="3",
+        VAL="1",
+        TEST="2",
+        SIZE="128 128",
+        CROP="64",
+        BATCH="4",
+        TRAIN_BUDGET="3",
+        WIDTHS="4 8",
+        # The script runs python3: this interpreter's, with the package.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    done = subprocess.run(
+        ["bash", "tools/device_seg_train.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = tmp_path / "out"
+    log = (out / "log.txt").read_text()
+    assert "done" in log.splitlines()[-1], log[-2000:]
+    assert "Traceback" not in log, log[-2000:]
+    assert (out / "seg_new.pt").stat().st_size > 0
+    for which in ("new", "shipped"):
+        result = json.loads((out / f"eval_distance_{which}.json").read_text())
+        assert result["_meta"]["frames"] == 2 and "alert_margins" in result
+    assert json.loads((out / "train_seg.json").read_text())["train_loss_first_last"]
+    assert done.returncode == 0
