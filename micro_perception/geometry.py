@@ -226,17 +226,45 @@ def _spheres_through_four(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c * 1e-3 + mean[:, 0], radii
 
 
+def _subsample(n: int, cfg: GeometryConfig) -> tuple[np.ndarray | None, np.random.Generator]:
+    """Which of ``n`` retina points the fit uses (None: all), and the generator the fit goes
+    on drawing from; InputError when there are too few."""
+    if n < cfg.min_retina_points:
+        raise InputError(f"{n} retina points, need {cfg.min_retina_points}")
+    rng = np.random.default_rng(cfg.seed)
+    if n > cfg.max_retina_points:
+        return rng.choice(n, cfg.max_retina_points, replace=False), rng
+    return None, rng
+
+
 def fit_sphere(points: np.ndarray, cfg: GeometryConfig | None = None) -> SphereFit:
     """RANSAC then least squares; raises InputError when no plausible sphere fits."""
     cfg = cfg or GeometryConfig()
     p = np.asarray(points, float).reshape(-1, 3)
     with np.errstate(invalid="ignore"):  # inf - inf
         p = p[np.isfinite(p.sum(1))]  # NaN or inf in any coordinate; .all(1) is slow on (N, 3)
-    if len(p) < cfg.min_retina_points:
-        raise InputError(f"{len(p)} retina points, need {cfg.min_retina_points}")
-    rng = np.random.default_rng(cfg.seed)
-    if len(p) > cfg.max_retina_points:
-        p = p[rng.choice(len(p), cfg.max_retina_points, replace=False)]
+    keep, rng = _subsample(len(p), cfg)
+    return _ransac_sphere(p if keep is None else p[keep], cfg, rng)
+
+
+def fit_retina(
+    depth: np.ndarray,
+    pair: StereoPair,
+    instrument: np.ndarray | None,
+    confidence: np.ndarray | None = None,
+    cfg: GeometryConfig | None = None,
+) -> SphereFit:
+    """``fit_sphere(retina_points(...))``, the same sphere, with only the pixels the fit samples
+    back-projected (a tenth of the time at 512x512)."""
+    cfg = cfg or GeometryConfig()
+    v, u = _retina_pixels(depth, instrument, confidence, cfg)
+    keep, rng = _subsample(len(v), cfg)
+    if keep is not None:
+        v, u = v[keep], u[keep]
+    return _ransac_sphere(back_project(pair, u, v, depth[v, u]), cfg, rng)
+
+
+def _ransac_sphere(p: np.ndarray, cfg: GeometryConfig, rng: np.random.Generator) -> SphereFit:
     lo, hi = cfg.radius_range
     samples = np.stack(
         [p[rng.choice(len(p), 4, replace=False)] for _ in range(cfg.ransac_iterations)]
@@ -282,7 +310,12 @@ def retina_points(
     cfg: GeometryConfig | None = None,
 ) -> np.ndarray:
     """Back-projected depth pixels that may be retina: away from the instrument, confident."""
-    cfg = cfg or GeometryConfig()
+    v, u = _retina_pixels(depth, instrument, confidence, cfg or GeometryConfig())
+    return back_project(pair, u, v, depth[v, u])
+
+
+def _retina_pixels(depth, instrument, confidence, cfg: GeometryConfig):
+    """Rows and columns of the pixels retina_points takes, in its order: finite depth only."""
     ok = np.isfinite(depth)
     if confidence is not None:
         ok &= confidence >= cfg.min_confidence
@@ -290,8 +323,7 @@ def retina_points(
         k = 2 * cfg.retina_margin_px + 1
         near = cv2.dilate(instrument.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
         ok &= ~near
-    v, u = np.nonzero(ok)
-    return back_project(pair, u, v, depth[v, u])
+    return np.nonzero(ok)
 
 
 # --- instrument in the image -----------------------------------------------------------------
@@ -898,7 +930,7 @@ def measure(
     out = Measurement()
     hard, soft = soft_mask(mask) if mask is not None else (np.zeros(depth.shape, bool), None)
     try:
-        out.retina = fit_sphere(retina_points(depth, pair, hard, confidence, cfg), cfg)
+        out.retina = fit_retina(depth, pair, hard, confidence, cfg)
     except InputError as exc:
         out.reason = f"retina fit failed: {exc}"
         return out

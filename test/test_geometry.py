@@ -381,3 +381,18 @@ def test_jaws_on_a_flat_shaft_are_not_capped_on_its_assumed_axis(optics, seed):
     assert m.method == "tip"
     assert any(n.startswith("jaws or blades measured") for n in m.notes), m.notes
     assert m.distance_normal == pytest.approx(scene.gap_normal, abs=100e-6)
+
+
+def test_the_retina_fit_back_projects_only_what_it_samples_and_fits_the_same_sphere(optics):
+    from micro_perception.geometry import fit_retina, retina_points
+
+    scene = make_scene(3, optics, kind="needle", gap=0.3e-3)
+    depth, mask, _ = exact_views(scene, optics)
+    depth[::7, ::5] = np.nan  # unknown pixels are skipped, in the same order
+    pair = optics.stereo()
+    cfg = GeometryConfig(max_retina_points=3000)
+    assert len(retina_points(depth, pair, mask, None, cfg)) > cfg.max_retina_points
+    full = fit_sphere(retina_points(depth, pair, mask, None, cfg), cfg)
+    fast = fit_retina(depth, pair, mask, None, cfg)
+    assert np.array_equal(full.centre, fast.centre) and full.radius == fast.radius
+    assert (full.residual, full.inliers) == (fast.residual, fast.inliers)
