@@ -946,7 +946,6 @@ def measure(
     right = find_instrument(right_mask, px_per_m, cfg) if right_mask is not None else None
     if right is not None:
         inst = replace(inst, tip_radius_px=_working_end_radius_px(inst, right, cfg))
-    if right is not None:
         line = shaft_from_silhouettes(pair, inst, right, px_per_m, cfg)
         if line is not None:
             out.method = "silhouette"

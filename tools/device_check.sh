@@ -8,21 +8,11 @@
 # weights in pieces under 16 MB (reassemble with `cat depth_fp16.pt.part-* > depth.pt`).
 # Needs: python3 with torch (CUDA), torchvision, opencv, scipy, tqdm, tensorboard, pyyaml.
 set -u
-OUT=${OUT:-device_out}
-mkdir -p "$OUT"
 WORK=${WORK:-/tmp/mp_device}
 TRAIN_BUDGET=${TRAIN_BUDGET:-200}
 SAMPLES=${SAMPLES:-500}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-MP="python3 -m micro_perception.cli"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-stamp() { echo "== $(date +%T) $*"; }
-
-# Packages the GPU image lacks (kornia), carried as wheels in .whl/ where present.
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+# shellcheck source=tools/device_env.sh
+. tools/device_env.sh
 stamp "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, cv2, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, \

@@ -13,8 +13,6 @@
 #   DEVICE=cpu SAMPLES=6 VAL=2 TEST=4 TRAIN_BUDGET=20 WIDTHS="4 8" bash tools/device_seg_train.sh
 # (test/test_tools.py runs it so at 128x128).
 set -u
-OUT=${OUT:-device_out}
-mkdir -p "$OUT"
 WORK=${WORK:-/tmp/mp_seg}
 DEVICE=${DEVICE:-cuda}
 SAMPLES=${SAMPLES:-800}
@@ -25,15 +23,8 @@ CROP=${CROP:-256}  # training crops, px
 BATCH=${BATCH:-16}
 TRAIN_BUDGET=${TRAIN_BUDGET:-240}
 WIDTHS=${WIDTHS:-16 24 32 48 64}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-MP="python3 -m micro_perception.cli"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-stamp() { echo "== $(date +%T) $*"; }
-
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+# shellcheck source=tools/device_env.sh
+. tools/device_env.sh
 stamp "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch; print('torch', torch.__version__, 'cpus', __import__('os').cpu_count())"

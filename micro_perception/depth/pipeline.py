@@ -34,9 +34,8 @@ from micro_perception.geometry import (
     GeometryConfig,
     Measurement,
     back_project,
-    fit_sphere,
+    fit_retina,
     measure,
-    retina_points,
 )
 from micro_perception.inference import Runtime, RuntimeConfig, pick_device
 
@@ -287,10 +286,7 @@ class DepthPipeline:
     def _height_mask(self, depth, confidence, pair) -> np.ndarray:
         """Pixels standing min_height above a sphere fitted to all confident depth."""
         try:
-            sphere = fit_sphere(
-                retina_points(depth, pair, None, confidence, self.cfg.geometry),
-                self.cfg.geometry,
-            )
+            sphere = fit_retina(depth, pair, None, confidence, self.cfg.geometry)
         except InputError:
             return np.zeros(depth.shape, bool)
         v, u = np.mgrid[0 : depth.shape[0], 0 : depth.shape[1]]

@@ -116,9 +116,7 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
         mine = [r for r in in_range if str(r["instrument"]) == kind]
         sel = [(r["measured_m"] - r["true_m"]) * 1e6 for r in mine if np.isfinite(r["measured_m"])]
         by_instrument[kind] = _stats(sel) | {"tip_detect": len(sel) / len(mine)}
-    close = [r["measured_m"] < alert_distance for r in rows if r["true_m"] < alert_distance]
-    far = [r["measured_m"] < alert_distance for r in rows if not r["true_m"] < alert_distance]
-    margins = {}
+    margins = {}  # "0": the alert as set
     for um in MARGINS_UM:
         on = alert_distance + um * 1e-6
         c = [r["measured_m"] < on for r in rows if r["true_m"] < alert_distance]
@@ -136,8 +134,8 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
         "bias_um": float(np.mean(err)) if err else None,
         "by_range": by_range,
         "by_instrument": by_instrument,
-        "false_alarm": (sum(far) / len(far)) if far else None,
-        "miss": (close.count(False) / len(close)) if close else None,
+        "false_alarm": margins["0"]["false_alarm"],
+        "miss": margins["0"]["miss"],
         "alert_margins": margins,
         "margin_for_no_miss_um": (
             None if worst is None else max(0.0, (worst - alert_distance) * 1e6)
