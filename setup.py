@@ -86,6 +86,7 @@ setup(
             "focal_fusion_node = micro_perception.ros.focal_fusion_node:main",
             "fusion_check_node = micro_perception.ros.fusion_check_node:main",
             "depth_node = micro_perception.ros.depth_node:main",
+            "pipeline_process = micro_perception.ros.pipeline_process:main",
         ],
     },
 )

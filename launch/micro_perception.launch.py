@@ -3,11 +3,14 @@ parameter file.
 
     ros2 launch micro_perception micro_perception.launch.py
     ros2 launch micro_perception micro_perception.launch.py device:=cuda rviz:=true
+    ros2 launch micro_perception micro_perception.launch.py one_process:=true
 
 The microscope's driver publishes left|right/image_raw, left|right/camera_info and focus
 (sensor_msgs/JointState) in the namespace. With enable_fusion:=false, depth_node reads
-image_raw directly (a microscope without a focus sweep). Set use_sim_time:=true when a bag is
-played with --clock.
+image_raw directly (a microscope without a focus sweep). With one_process:=true, fusion and
+depth run in one process (pipeline_process) and the fused images pass between them as arrays,
+without DDS or shared memory; the graph looks the same from outside. Set use_sim_time:=true
+when a bag is played with --clock.
 """
 
 import os
@@ -16,7 +19,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import AndSubstitution, LaunchConfiguration, NotSubstitution
 from launch_ros.actions import Node
 
 FUSED = [
@@ -39,6 +42,10 @@ def arguments(share):
         "backend": ("auto", "inference backend: auto, tensorrt or torch"),
         "device": ("auto", "where networks run: auto, cuda or cpu"),
         "enable_fusion": ("true", "false: depth_node reads image_raw directly"),
+        "one_process": (
+            "false",
+            "true: focal_fusion_node and depth_node in one process, fused images as arrays",
+        ),
         "rviz": ("false", "start rviz2 with the package's configuration"),
     }
 
@@ -53,7 +60,8 @@ def pipeline(share, cfg):
         "FASTDDS_DEFAULT_PROFILES_FILE",
         os.path.join(share, "config", "fastdds_large_images.xml"),
     )
-    fusion_on = IfCondition(cfg["enable_fusion"])
+    two = IfCondition(AndSubstitution(cfg["enable_fusion"], NotSubstitution(cfg["one_process"])))
+    one = IfCondition(AndSubstitution(cfg["enable_fusion"], cfg["one_process"]))
     fusion_off = UnlessCondition(cfg["enable_fusion"])
     return [
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
@@ -62,7 +70,7 @@ def pipeline(share, cfg):
             executable="focal_fusion_node",
             namespace=cfg["namespace"],
             parameters=common,
-            condition=fusion_on,
+            condition=two,
             output="screen",
         ),
         Node(
@@ -71,7 +79,16 @@ def pipeline(share, cfg):
             namespace=cfg["namespace"],
             parameters=common,
             remappings=FUSED,
-            condition=fusion_on,
+            condition=two,
+            output="screen",
+        ),
+        # No name: it would rename both nodes. Their remappings are their own (pipeline_process).
+        Node(
+            package="micro_perception",
+            executable="pipeline_process",
+            namespace=cfg["namespace"],
+            parameters=common,
+            condition=one,
             output="screen",
         ),
         Node(

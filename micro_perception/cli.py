@@ -557,9 +557,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out["end_to_end"] = {}
         for size in sizes:
             key = f"{size[0]}x{size[1]}"
-            say(f"end to end at {key}: sim -> focal_fusion_node -> depth_node processes ...")
+            say(
+                f"end to end at {key}: sim -> focal_fusion_node -> depth_node "
+                + (
+                    "(fusion and depth in one process) ..."
+                    if args.one_process
+                    else "processes ..."
+                )
+            )
             out["end_to_end"][key] = bench_dds.run_end_to_end(
-                size, args.e2e_seconds, args.slices, args.sweep_rate, runtime
+                size,
+                args.e2e_seconds,
+                args.slices,
+                args.sweep_rate,
+                runtime,
+                one_process=args.one_process,
             )
     if "transport" in parts:
         size = max(sizes, key=lambda s: s[0] * s[1])
@@ -602,7 +614,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for size, e in out.get("end_to_end", {}).items():
         lat = e["latency_ms"] or {}
         print(
-            f"\nend to end at {size} (3 processes over DDS): {e['rate_hz']:.2f} Hz out of "
+            f"\nend to end at {size} ({' + '.join(e['processes'])}): {e['rate_hz']:.2f} Hz out of "
             f"{e['input_rate_hz']:.2f} Hz sweeps in, {e['dropped']} dropped; latency p50 "
             f"{lat.get('p50', float('nan')):.0f} ms, p95 {lat.get('p95', float('nan')):.0f} ms, "
             f"max {lat.get('max', float('nan')):.0f} ms"
@@ -616,7 +628,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
     if "transport" in out:
         t = out["transport"]
-        for key in ("between_processes", "in_process", "shm_between_processes"):
+        for key in ("between_processes", "in_process", "shm_between_processes", "intra_process"):
             lat = t[key]["latency_ms"] or {}
             print(
                 f"transport {t['size'][0]}x{t['size'][1]} rgb8 pairs {key.replace('_', ' ')}: "
@@ -1402,6 +1414,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-weights", help="depth network weights (default: shipped, or random)")
     p.add_argument("--e2e-seconds", type=float, default=20.0, help="end-to-end window")
     p.add_argument("--sweep-rate", type=float, default=2.0, help="sim sweeps per second")
+    p.add_argument(
+        "--one-process",
+        action="store_true",
+        help="end to end with fusion and depth in one process (pipeline_process)",
+    )
     p.add_argument("--transport-frames", type=int, default=40)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

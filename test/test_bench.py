@@ -107,6 +107,7 @@ def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
     assert 0 < depth["geometry_ms"] < depth["pair_ms"] < 10_000
     assert 0 < depth["pair_age_ms"] < 10_000 and depth["superseded_in_window"] >= 0
     assert e2e["nodes"]["focal_fusion_node"]["fuse_ms"] > 0
+    assert depth["transport"] == "shm" == e2e["nodes"]["focal_fusion_node"]["transport"]
     # Each node in its own process takes half the cores for torch: the two share the machine.
     assert (
         depth["segmentation_threads"]
@@ -115,9 +116,46 @@ def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
     )
     t = out["transport"]
     assert t["between_processes"]["received"] == 8 == t["in_process"]["received"]
+    # Two nodes of one process: every pair through the intra-process path, bit-exact.
+    local = t["intra_process"]
+    assert local["received"] == 8 == local["exact"] == local["via"]["local"]
+    assert t["in_process"]["via"]["local"] == 0  # forced onto DDS for the comparison
     assert t["ms"]["p50"] > 0 and t["memcpy_ms"]["p50"] >= 0
     # The shared-memory path's own copies of a pair: more than one warm copy of one frame.
     assert t["shm_copies_ms"]["p50"] > t["memcpy_ms"]["p50"]
+
+
+def test_bench_end_to_end_with_fusion_and_depth_in_one_process(capsys):
+    rc = main(
+        [
+            "bench",
+            "--json",
+            "--parts",
+            "end_to_end",
+            "--size",
+            "96",
+            "96",
+            "--slices",
+            "3",
+            "--e2e-seconds",
+            "4",
+            "--device",
+            "cpu",
+            "--one-process",
+        ]
+    )
+    assert rc == 0
+    e2e = json.loads(capsys.readouterr().out)["end_to_end"]["96x96"]
+    assert e2e["processes"] == ["sim_microscope_node", "pipeline_process"]
+    assert e2e["distances_out"] > 0 and e2e["known"] > 0
+    assert set(e2e["rss_mb"]) == {"sim_microscope_node", "pipeline_process"}
+    # Both nodes run and report from the one process; its torch pool is the process's own.
+    nodes = e2e["nodes"]
+    assert nodes["depth_node"]["pair_ms"] > 0 and nodes["focal_fusion_node"]["fuse_ms"] > 0
+    # The fused images reach depth_node as arrays; the sim's slices, from another process,
+    # through shared memory.
+    assert nodes["depth_node"]["transport"] == "local"
+    assert nodes["focal_fusion_node"]["transport"] == "shm"
 
 
 def test_soak_short_form_reports_rss_and_latency_at_start_and_end(capsys):

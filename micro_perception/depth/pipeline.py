@@ -201,7 +201,7 @@ class DepthPipeline:
         return (prob[:, 0] / self.cfg.seg_flips).cpu().numpy()
 
     def _batch(self, images: list[np.ndarray]) -> torch.Tensor:
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(i)) for i in images])
+        x = torch.from_numpy(np.stack(images))  # a new array: inputs may be read-only views
         return x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
 
     @torch.inference_mode()

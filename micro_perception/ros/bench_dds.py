@@ -1,13 +1,15 @@
 """The parts of ``micro-perception bench`` that go through real DDS between processes.
 
 * ``end_to_end``: the virtual microscope, ``focal_fusion_node`` and ``depth_node`` as three
-  processes (as ``ros2 launch`` starts them) and a subscriber here to
+  processes (as ``ros2 launch`` starts them), or with ``one_process`` fusion and depth in one
+  (``pipeline_process``, ``one_process:=true``), and a subscriber here to
   ``instrument/retina_distance``: latency from the stamp of a sweep's last slice (which the
   distance carries) to the distance's arrival, the achieved output rate, the sweeps that gave no
   distance, and each process's peak RSS.
-* ``transport``: one image pair node-to-node at the given size (the transport check), the same
-  between two nodes of one process, and a plain memcpy of the same frame in this process: the
-  physical floor of this path.
+* ``transport``: one image pair node-to-node at the given size (the transport check): between
+  processes over DDS and over ``mp_shm``, between two nodes of one process over DDS and over the
+  intra-process path, and a plain memcpy of the same frame in this process: the physical floor
+  of this path.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ def run_end_to_end(
     namespace: str = "/bench",
     cache_dir: str = "",
     soak_window_s: float = 0.0,
+    one_process: bool = False,
 ) -> dict:
-    """Run the three node processes; measure for ``seconds``, ``warmup_s`` after the first
-    distance arrives."""
+    """Run the node processes; measure for ``seconds``, ``warmup_s`` after the first distance
+    arrives."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     h, w = size
     sim = {
@@ -70,11 +73,12 @@ def run_end_to_end(
         sim["cache_dir"] = cache_dir
     fusion = {"slices_per_stack": slices, "publish_focus_depth": False, **(runtime or {})}
     depth = dict(runtime or {})
-    procs = {
-        "sim_microscope_node": start_node("sim_microscope_node", namespace, sim),
-        "focal_fusion_node": start_node("focal_fusion_node", namespace, fusion),
-        "depth_node": start_node("depth_node", namespace, depth, remaps=FUSED[1:]),
-    }
+    procs = {"sim_microscope_node": start_node("sim_microscope_node", namespace, sim)}
+    if one_process:  # each node takes the parameters it declares
+        procs["pipeline_process"] = start_node("pipeline_process", namespace, fusion | depth)
+    else:
+        procs["focal_fusion_node"] = start_node("focal_fusion_node", namespace, fusion)
+        procs["depth_node"] = start_node("depth_node", namespace, depth, remaps=FUSED[1:])
     context = rclpy.Context()
     rclpy.init(context=context)
     node = Node("bench_listener", context=context, namespace=namespace)
@@ -151,7 +155,8 @@ def run_end_to_end(
         "latency_ms": summary_ms(lat) if lat else None,
         "known": int(sum(np.isfinite(r[2]) for r in window)),
         "rss_mb": rss,
-        "nodes": _node_figures(reports, list(procs)),
+        "nodes": _node_figures(reports, ["sim_microscope_node", *_SUPERSEDED]),
+        "processes": list(procs),
         "runtime": runtime or {},
         **(
             _soak(window, t_start, t_end, soak_window_s, rss_start, rss_end)
@@ -169,8 +174,8 @@ def _node_figures(reports: list[tuple[str, dict]], names: list[str]) -> dict:
     """Per node, from its /diagnostics of the measured window (once a second, each the last
     frame's): the median of every time figure (``*_ms``: the depth node's stages, its whole
     work on a pair and the pair's age when that starts, the fusion node's stack), the torch
-    threads its networks run on, and how many inputs the newest-first workers dropped in the
-    window."""
+    threads its networks run on, the transport its images came by, and how many inputs the
+    newest-first workers dropped in the window."""
     out: dict[str, dict] = {}
     for name in names:
         values = [v for node, v in reports if node == name]
@@ -182,6 +187,8 @@ def _node_figures(reports: list[tuple[str, dict]], names: list[str]) -> dict:
             nums = [float(v[key]) for v in values if v.get(key, "-") != "-"]
             if nums:
                 fig[key] = float(np.median(nums))
+        if "transport" in values[-1]:  # how its images arrived: local, shm or raw
+            fig["transport"] = values[-1]["transport"]
         for key in sorted({k for v in values for k in v if k.endswith("threads")}):
             fig[key] = int(values[-1][key]) if values[-1].get(key, "").isdigit() else None
         key = _SUPERSEDED.get(name)
@@ -225,6 +232,7 @@ def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: 
         ("between_processes", True, "raw"),
         ("in_process", False, "raw"),
         ("shm_between_processes", True, "shm"),
+        ("intra_process", False, "auto"),  # auto takes the in-process publisher's arrays
     )
     for key, separate, transport in runs:
         cfg = TransportCheckConfig(
@@ -241,6 +249,7 @@ def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: 
         out[key] = {
             "received": report["pairs"],
             "exact": report["exact"],
+            "via": report["transport"]["left"],
             "latency_ms": {"p50": p50, "p95": p95, "max": mx} if p50 is not None else None,
         }
     src = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
@@ -249,6 +258,7 @@ def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: 
     out["shm_copies_ms"] = _shm_pair_copies(src)
     out["ms"] = out["between_processes"]["latency_ms"]
     out["shm_ms"] = out["shm_between_processes"]["latency_ms"]
+    out["intra_process_ms"] = out["intra_process"]["latency_ms"]
     return out
 
 

@@ -51,6 +51,7 @@ from micro_perception.ros.conversions import (
     points_to_pointcloud2,
 )
 from micro_perception.ros.diagnostics import Health
+from micro_perception.ros.intra_process import MessageInput
 from micro_perception.ros.params import (
     Parameters,
     ParamSpec,
@@ -62,7 +63,7 @@ from micro_perception.ros.params import (
 from micro_perception.ros.qos import alert_qos, image_qos
 from micro_perception.ros.runner import spin_node
 from micro_perception.ros.shm_transport import ImageInput
-from micro_perception.ros.sync import ApproximateTimeSynchronizer, Subscriber
+from micro_perception.ros.sync import ApproximateTimeSynchronizer
 from micro_perception.ros.worker import LatestWorker
 from micro_perception.sim.sequence import LEFT_FRAME
 from micro_perception.tracking import DistanceFilter, FilterConfig, ProximityAlert
@@ -212,9 +213,10 @@ class DepthNode(Node):
         subs = [
             ImageInput(self, "left/image", qos, p["image_transport"], self._transport_error),
             ImageInput(self, "right/image", qos, p["image_transport"], self._transport_error),
-            Subscriber(self, CameraInfo, "left/camera_info", qos_profile=qos),
-            Subscriber(self, CameraInfo, "right/camera_info", qos_profile=qos),
+            MessageInput(self, CameraInfo, "left/camera_info", qos),
+            MessageInput(self, CameraInfo, "right/camera_info", qos),
         ]
+        self.inputs = subs
         self.sync = ApproximateTimeSynchronizer(subs, p["sync_queue"], p["sync_slop"])
         self._lock = threading.Lock()  # filter and alert: worker thread vs. executor
         self.worker = None
@@ -253,6 +255,8 @@ class DepthNode(Node):
         worker = getattr(self, "worker", None)  # absent when construction failed
         if worker is not None:
             worker.stop()
+        for sub in getattr(self, "inputs", ()):
+            sub.close()
         return super().destroy_node()
 
     def _filter_config(self) -> FilterConfig:
@@ -285,6 +289,7 @@ class DepthNode(Node):
     def _on_pair(self, left: Image, right: Image, left_info: CameraInfo, right_info: CameraInfo):
         t0 = time.perf_counter()
         self.health.input()
+        self.health.values["transport"] = self.inputs[0].using  # local, shm or raw
         stamp_ns = left.header.stamp.sec * 1_000_000_000 + left.header.stamp.nanosec
         if not self._stamp_ok(stamp_ns):
             return

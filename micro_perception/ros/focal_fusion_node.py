@@ -27,6 +27,7 @@ from micro_perception.ros.conversions import (
     output_header,
 )
 from micro_perception.ros.diagnostics import Health
+from micro_perception.ros.intra_process import MessagePublisher
 from micro_perception.ros.params import (
     Parameters,
     ParamSpec,
@@ -132,7 +133,9 @@ class FocalFusionNode(Node):
                 CameraInfo, f"{eye}/camera_info", lambda m, e=eye: self.info.__setitem__(e, m), qos
             )
             self.pub_image[eye] = ImagePublisher(self, f"{eye}/fused/image", qos)
-            self.pub_info[eye] = self.create_publisher(CameraInfo, f"{eye}/fused/camera_info", qos)
+            self.pub_info[eye] = MessagePublisher(
+                self, CameraInfo, f"{eye}/fused/camera_info", qos
+            )
         self.create_subscription(JointState, "focus", self._on_focus, image_qos("reliable", 100))
         self.pub_depth = self.create_publisher(Image, "left/fused/focus_depth", qos)
         self.get_logger().info(
@@ -146,6 +149,9 @@ class FocalFusionNode(Node):
         worker = getattr(self, "worker", None)  # absent when construction failed
         if worker is not None:
             worker.stop()
+        for part in ("inputs", "pub_image", "pub_info"):
+            for obj in getattr(self, part, {}).values():
+                obj.close()
         return super().destroy_node()
 
     def _transport_error(self, text: str) -> None:
@@ -173,6 +179,7 @@ class FocalFusionNode(Node):
 
     def _on_image(self, eye: str, msg: Image) -> None:
         self.health.input()
+        self.health.values["transport"] = self.inputs[eye].using  # local, shm or raw
         self.health.count(f"{eye}_slices")
         if msg.encoding not in COLOUR_ORDER and msg.encoding not in MONO:
             self.health.problem(

@@ -138,7 +138,8 @@ def image_transport_param(what: str = "images") -> ParamSpec:
     return ParamSpec(
         "image_transport",
         "auto",
-        f"{what}: auto (shared memory when offered on this host, else the topic), shm or raw",
+        f"{what}: auto (from the publisher itself when it runs in this process, else shared "
+        "memory when offered on this host, else the topic), shm or raw",
         choices=("auto", "shm", "raw"),
         read_only=True,
     )

@@ -10,15 +10,17 @@ and after, so an image overwritten while being read is dropped, never torn.
 
 * The plain topic ``T`` stays: it is published only while someone subscribes to it (rviz, a
   rosbag recorder, another host), so nothing changes for other tools.
-* :class:`ImageInput` (a synchroniser input) takes the handle topic when a publisher offers it
-  and the host matches, and otherwise subscribes to ``T``: a camera driver, a bag, or a node
-  on another machine work unchanged.
+* :class:`ImageInput` (a synchroniser input) takes the images straight from the publisher when
+  it lives in the same process (``micro_perception.ros.intra_process``: no copy, no DDS), else
+  the handle topic when a publisher offers it and the host matches, and otherwise subscribes to
+  ``T``: a camera driver, a bag, or a node on another machine work unchanged.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import mmap
 import os
 import socket
@@ -33,6 +35,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from micro_perception.errors import InputError
+from micro_perception.ros import intra_process
 from micro_perception.ros.conversions import numpy_to_image
 from micro_perception.ros.sync import SimpleFilter
 
@@ -198,7 +201,9 @@ class ShmImage:
 
 
 class ImagePublisher:
-    """Publishes an image topic and its ``mp_shm`` companion, each only while subscribed."""
+    """Publishes an image topic and its ``mp_shm`` companion, each only while subscribed, and
+    hands the array itself to subscribers in this process: do not change an array after
+    publishing it."""
 
     def __init__(self, node, topic: str, qos, slots: int = 16):
         topic = node.resolve_topic_name(topic)  # remapped: the companion follows the remap
@@ -210,12 +215,16 @@ class ImagePublisher:
         self.host = host_id()
         self.node = node
         self._lock = threading.Lock()
+        self.local = intra_process.LocalPublisher(node, topic, copy_messages=False)
         atexit.register(self.close)
 
     def get_subscription_count(self) -> int:
-        return self.raw.get_subscription_count() + self.handles.get_subscription_count()
+        handles = self.handles.get_subscription_count() if self.handles is not None else 0
+        return self.raw.get_subscription_count() + handles + self.local.subscription_count()
 
     def publish(self, arr: np.ndarray, encoding: str, header: Header) -> None:
+        if self.local.subscription_count() > 0:
+            self.local.publish(_local_image(arr, encoding, header))
         if self.raw.get_subscription_count() > 0:
             self.raw.publish(numpy_to_image(arr, encoding, header))
         if self.handles is not None and self.handles.get_subscription_count() > 0:
@@ -252,15 +261,35 @@ class ImagePublisher:
         self.handles = self.ring = None
 
     def close(self) -> None:
+        self.local.close()
         with self._lock:
             if self.ring is not None:
                 self.ring.close()
                 self.ring = None
 
 
+def _local_image(arr: np.ndarray, encoding: str, header: Header) -> ShmImage:
+    """The image for subscribers in this process: the array's own bytes, read-only (a copy only
+    where it is not contiguous, e.g. a channel-reversed view)."""
+    msg = numpy_to_image(arr[:1], encoding)  # validates; gives step and endianness
+    arr = np.ascontiguousarray(arr)
+    data = arr.reshape(-1).view(np.uint8)
+    data.flags.writeable = False  # a view: the publisher's array stays as it was
+    return ShmImage(
+        copy.deepcopy(header),
+        arr.shape[0],
+        arr.shape[1],
+        encoding,
+        msg.is_bigendian,
+        msg.step,
+        data,
+    )
+
+
 class ImageInput(SimpleFilter):
-    """A synchroniser input for image topic ``topic``: the ``mp_shm`` handles while a publisher
-    on this host offers them, else the plain topic. ``transport``: auto, shm or raw."""
+    """A synchroniser input for image topic ``topic``: with ``transport`` auto, the publisher's
+    arrays when it lives in this process, else the ``mp_shm`` handles while a publisher on this
+    host offers them, else the plain topic. shm and raw force one of the last two."""
 
     CHECK_PERIOD = 1.0
 
@@ -274,30 +303,56 @@ class ImageInput(SimpleFilter):
         self.host = host_id()
         self.rings: dict[str, ShmRing] = {}
         self.shm_failed = False
-        self.received = {"shm": 0, "raw": 0}
-        self.handle_sub = self.raw_sub = None
-        if transport != "raw":
-            self.handle_sub = node.create_subscription(
-                CompressedImage, f"{topic}/{SUFFIX}", self._on_handle, qos
-            )
+        self.received = {"local": 0, "shm": 0, "raw": 0}
+        self.handle_sub = self.raw_sub = self.local = None
         if transport == "raw":
             self._subscribe_raw()
-        elif transport == "auto":
+        elif transport == "shm":
+            self._subscribe_handles()
+        else:
             self._check()
             self.timer = node.create_timer(self.CHECK_PERIOD, self._check)
+            # A publisher starting in this process is taken at once, on this node's executor.
+            self._wake = node.create_guard_condition(self._check)
+            self._unwatch = intra_process.watch(
+                intra_process.topic_key(node, topic), self._wake.trigger
+            )
 
     def getTopic(self) -> str:  # noqa: N802 - message_filters API
         return self.topic
 
     @property
     def using(self) -> str:
+        if self.local is not None:
+            return "local"
         return "raw" if self.raw_sub is not None else "shm"
 
     def _subscribe_raw(self) -> None:
         if self.raw_sub is None:
             self.raw_sub = self.node.create_subscription(Image, self.topic, self._on_raw, self.qos)
 
+    def _subscribe_handles(self) -> None:
+        if self.handle_sub is None:
+            self.handle_sub = self.node.create_subscription(
+                CompressedImage, f"{self.topic}/{SUFFIX}", self._on_handle, self.qos
+            )
+
     def _check(self) -> None:
+        if intra_process.has_publisher(intra_process.topic_key(self.node, self.topic)):
+            # The publisher is in this process: no DDS subscription, so it publishes none.
+            if self.local is None:
+                self.local = intra_process.LocalSubscription(
+                    self.node, self.topic, self._on_local, self.qos.depth
+                )
+            for sub in (self.raw_sub, self.handle_sub):
+                if sub is not None:
+                    self.node.destroy_subscription(sub)
+            self.raw_sub = self.handle_sub = None
+            return
+        if self.local is not None:
+            self.local.close()
+            self.local = None
+        self._subscribe_handles()
         offered = self.node.count_publishers(f"{self.topic}/{SUFFIX}") > 0
         if offered and not self.shm_failed:
             if self.raw_sub is not None:
@@ -305,6 +360,10 @@ class ImageInput(SimpleFilter):
                 self.raw_sub = None
         else:
             self._subscribe_raw()
+
+    def _on_local(self, msg: ShmImage) -> None:
+        self.received["local"] += 1
+        self.signalMessage(msg)
 
     def _on_raw(self, msg: Image) -> None:
         self.received["raw"] += 1
@@ -344,6 +403,12 @@ class ImageInput(SimpleFilter):
         )
 
     def close(self) -> None:
+        if getattr(self, "_unwatch", None) is not None:
+            self._unwatch()
+            self._unwatch = None
+        if self.local is not None:
+            self.local.close()
+            self.local = None
         for ring in self.rings.values():
             ring.close()
         self.rings = {}

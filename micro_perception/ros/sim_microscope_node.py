@@ -116,6 +116,12 @@ class SimMicroscopeNode(Node):
             f"slices at {p['sweep_rate']} Hz, cycle {p['period']} s"
         )
 
+    def destroy_node(self):
+        for pub in getattr(self, "pubs", {}).values():
+            if isinstance(pub, ImagePublisher):
+                pub.close()  # in-process subscribers go back to DDS
+        return super().destroy_node()
+
     def _tick(self) -> None:
         self.player.period = self.params["period"]
         frame = self.player.frame(self.n)

@@ -69,6 +69,11 @@ class StereoCheckNode(Node):
             CameraInfo, "right/camera_info", lambda m: self._on_info("right", m), qos
         )
 
+    def destroy_node(self):
+        for inp in getattr(self, "inputs", ()):
+            inp.close()
+        return super().destroy_node()
+
     def _transport_error(self, text: str) -> None:
         with self._lock:
             self.bad_input += 1

@@ -84,6 +84,12 @@ class StereoPatternNode(Node):
             f"({p['reliability']}), frames={p['frames'] or 'unlimited'}"
         )
 
+    def destroy_node(self):
+        for pub in (getattr(self, "pub_left", None), getattr(self, "pub_right", None)):
+            if pub is not None:
+                pub.close()  # in-process subscribers go back to DDS
+        return super().destroy_node()
+
     def _tick(self) -> None:
         p = self.params
         if p["frames"] and self.sent >= p["frames"]:
@@ -102,10 +108,11 @@ class StereoPatternNode(Node):
         right_stamp = stamp + Duration(nanoseconds=int(p["right_stamp_offset"] * 1e9))
         hl = Header(stamp=stamp.to_msg(), frame_id=p["left_frame_id"])
         hr = Header(stamp=right_stamp.to_msg(), frame_id=p["right_frame_id"])
-        self.pub_info_left.publish(intrinsics_to_camera_info(self.left_cam, hl))
-        self.pub_info_right.publish(intrinsics_to_camera_info(self.right_cam, hr))
+        # The pair first: the transport's latency is timed on it, from the stamp.
         self.pub_left.publish(left, p["encoding"], hl)
         self.pub_right.publish(right, p["encoding"], hr)
+        self.pub_info_left.publish(intrinsics_to_camera_info(self.left_cam, hl))
+        self.pub_info_right.publish(intrinsics_to_camera_info(self.right_cam, hr))
         self.sent += 1
 
 
