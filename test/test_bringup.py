@@ -1,4 +1,5 @@
-"""Bringup: the parameter file, and ``micro-perception run`` as a process of its own."""
+"""Bringup: the parameter file, ``micro-perception run`` as a process of its own, and
+``pipeline_process`` (fusion and depth in one process) as ``ros2 launch`` starts it."""
 
 import os
 import signal
@@ -7,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import Range
 
 from micro_perception.ros.config import load_params, node_params, render_yaml
@@ -43,6 +47,17 @@ def test_more_specific_keys_win(tmp_path):
     assert load_params(path, "depth_node", "robot") == {"device": "cpu", "threads": 3}
     assert load_params(path, "depth_node", "other") == {"device": "cpu", "threads": 2}
     assert load_params(path, "focal_fusion_node") == {"device": "cpu", "threads": 1}
+
+
+def _ctrl_c(proc: subprocess.Popen):
+    """SIGINT, as Ctrl-C; the exit status, or "killed" if it did not stop within 20 s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "killed"
 
 
 def test_run_starts_the_pipeline_in_one_process_and_stops_on_ctrl_c(
@@ -84,13 +99,71 @@ def test_run_starts_the_pipeline_in_one_process_and_stops_on_ctrl_c(
         assert len(got) >= 2
         assert got[-1].header.frame_id == "microscope_left_optical_frame"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = "killed"
+        rc = _ctrl_c(proc)
+    assert rc == 0
+
+
+def test_pipeline_process_runs_fusion_and_depth_with_a_params_file_and_stops_on_ctrl_c(
+    ros_context, spin, tmp_path, sequence_cache
+):
+    from micro_perception.ros.sim_microscope_node import SimMicroscopeNode
+
+    # As ros2 launch passes it: one file, a section per node name, for the one process.
+    params = yaml.safe_load((ROOT / "config" / "micro_perception.yaml").read_text())
+    params["/**/focal_fusion_node"]["ros__parameters"].update(
+        slices_per_stack=3, device="cpu", method="sml"
+    )
+    params["/**/depth_node"]["ros__parameters"].update(device="cpu", range_max=0.015)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    ns = "/onep"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "micro_perception.ros.pipeline_process", "--ros-args"),
+            *("-r", f"__ns:={ns}", "--params-file", str(path), "--log-level", "warn"),
+        ],
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+    try:
+        sim = {"width": 128, "height": 128, "slices": 3, "poses": 2, "sweep_rate": 2.0}
+        sim["cache_dir"] = str(sequence_cache)
+        camera = SimMicroscopeNode(
+            context=ros_context,
+            namespace=ns,
+            parameter_overrides=[Parameter(k, value=v) for k, v in sim.items()],
+        )
+        listener = Node("onep_listener", context=ros_context, namespace=ns)
+        got, reports = [], {}
+        listener.create_subscription(Range, "instrument/retina_distance", got.append, 10)
+
+        def on_diagnostics(msg):
+            for st in msg.status:
+                reports[st.hardware_id] = {kv.key: kv.value for kv in st.values}
+
+        listener.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        spin(camera, listener)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            # The camera's shared memory is taken once discovery has seen it (checked each s).
+            fusion_via = reports.get("focal_fusion_node", {}).get("transport")
+            if (
+                len(got) >= 2
+                and "transport" in reports.get("depth_node", {})
+                and fusion_via == "shm"
+            ):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, f"pipeline_process exited with {proc.returncode}"
+        assert len(got) >= 2 and got[-1].header.frame_id == "microscope_left_optical_frame"
+        depth, fusion = reports["depth_node"], reports["focal_fusion_node"]
+        # Each node took its own section of the file.
+        assert got[-1].max_range == pytest.approx(0.015)  # a float32 field
+        assert fusion["method"] == "sml"
+        assert fusion["transport"] == "shm"  # the camera is another process
+        assert depth["transport"] == "local"  # the fused images: arrays, in the process
+    finally:
+        rc = _ctrl_c(proc)
     assert rc == 0
 
 

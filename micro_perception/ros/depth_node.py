@@ -249,6 +249,8 @@ class DepthNode(Node):
         self.health.problem("transport", text)
 
     def _worker_error(self, exc: BaseException) -> None:
+        if not self.context.ok():  # Ctrl-C while a pair was in work: nothing failed
+            return
         self.health.problem("error", f"pair failed: {type(exc).__name__}: {exc}")
 
     def destroy_node(self):

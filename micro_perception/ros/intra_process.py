@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -30,12 +31,19 @@ _lock = threading.Lock()
 _publishers: dict[tuple[int, str], int] = {}
 _subscriptions: dict[tuple[int, str], list[LocalSubscription]] = {}
 _watchers: dict[tuple[int, str], list[Callable[[], None]]] = {}
+_tokens = itertools.count(1)
 
 
 def topic_key(node, topic: str) -> tuple[int, str]:
     """A topic within one rclpy context: nodes of other contexts (another ROS domain, a test's
-    second graph) are other processes as far as the graph is concerned."""
-    return (id(node.context), node.resolve_topic_name(topic))
+    second graph) are other processes as far as the graph is concerned. Contexts get a token of
+    their own rather than their id(), which a later context may reuse."""
+    ctx = node.context
+    with _lock:
+        token = getattr(ctx, "_micro_perception_token", None)
+        if token is None:
+            token = ctx._micro_perception_token = next(_tokens)
+    return (token, node.resolve_topic_name(topic))
 
 
 def has_publisher(key: tuple[int, str]) -> bool:
