@@ -643,6 +643,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 f"transport {t['size'][0]}x{t['size'][1]} rgb8 pairs {key.replace('_', ' ')}: "
                 f"{t[key]['received']}/{t['frames']}, p50 {lat.get('p50', float('nan')):.1f} ms"
             )
+        hand = t["intra_process_handover_ms"]
+        print(
+            "intra-process handover alone, from publish(): one image p50 "
+            f"{hand['image']['p50']:.2f} ms, a synchronised pair p50 {hand['pair']['p50']:.2f} ms"
+        )
         print(
             f"memcpy of one frame (warm): p50 {t['memcpy_ms']['p50']:.2f} ms; mp_shm's copies of "
             f"a pair (2 writes, 2 reads, no ROS): p50 {t['shm_copies_ms']['p50']:.2f} ms"

@@ -255,11 +255,70 @@ def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: 
     src = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
     dst = np.empty_like(src)
     out["memcpy_ms"] = timed(lambda: np.copyto(dst, src), seconds=0.5, min_runs=20)
+    out["intra_process_handover_ms"] = _intra_process_handover(src, frames, rate)
     out["shm_copies_ms"] = _shm_pair_copies(src)
     out["ms"] = out["between_processes"]["latency_ms"]
     out["shm_ms"] = out["shm_between_processes"]["latency_ms"]
     out["intra_process_ms"] = out["intra_process"]["latency_ms"]
     return out
+
+
+def _intra_process_handover(image: np.ndarray, frames: int, rate: float) -> dict:
+    """The intra-process path alone: from ``publish()`` of an image to its callback in another
+    node of this process (``image``), and of a stereo pair to the synchronised pair
+    (``pair``). The subscriber spins on its own executor and thread, as in pipeline_process;
+    the clock starts at the publish call, so the publisher's own work (building the image, its
+    camera_info) is not in it."""
+    from std_msgs.msg import Header
+
+    from micro_perception.ros.shm_transport import ImageInput, ImagePublisher
+    from micro_perception.ros.sync import ApproximateTimeSynchronizer
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    talker = Node("handover_talker", context=context, namespace="/bench_handover")
+    listener = Node("handover_listener", context=context, namespace="/bench_handover")
+    qos = image_qos("best_effort", 5)
+    pubs = [ImagePublisher(talker, f"{eye}/image", qos) for eye in ("left", "right")]
+    inputs = [ImageInput(listener, f"{eye}/image", qos) for eye in ("left", "right")]
+    sync = ApproximateTimeSynchronizer(inputs, 10, 0.005)
+    t0, got = [0.0], {"image": [], "pair": []}
+    arrived = threading.Event()
+
+    def on(key):
+        def cb(*_):
+            got[key].append((time.perf_counter() - t0[0]) * 1e3)
+            if key == "pair":
+                arrived.set()
+
+        return cb
+
+    inputs[0].registerCallback(on("image"))
+    sync.registerCallback(on("pair"))
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(listener)
+    thread = threading.Thread(target=ex.spin, daemon=True)
+    thread.start()
+    right = np.ascontiguousarray(image[:, ::-1])
+    try:
+        for i in range(frames):
+            arrived.clear()
+            header = Header(frame_id="bench")
+            header.stamp.sec = i + 1
+            t0[0] = time.perf_counter()
+            pubs[0].publish(image, "rgb8", header)
+            pubs[1].publish(right, "rgb8", header)
+            arrived.wait(1.0)
+            time.sleep(1.0 / rate)
+    finally:
+        ex.shutdown()
+        thread.join(timeout=5)
+        for obj in (*pubs, *inputs):
+            obj.close()
+        for node in (talker, listener):
+            node.destroy_node()
+        rclpy.shutdown(context=context)
+    return {key: summary_ms(v) if v else None for key, v in got.items()}
 
 
 def _shm_pair_copies(image: np.ndarray, seconds: float = 0.5) -> dict:
