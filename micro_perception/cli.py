@@ -645,8 +645,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         hand = t["intra_process_handover_ms"]
         print(
-            "intra-process handover alone, from publish(): one image p50 "
-            f"{hand['image']['p50']:.2f} ms, a synchronised pair p50 {hand['pair']['p50']:.2f} ms"
+            "intra-process handover alone, from publish(), p50: one image "
+            f"{hand['image']['p50']:.2f} ms, a synchronised pair {hand['pair']['p50']:.2f} ms; "
+            f"on the publisher's thread {hand['image_direct']['p50']:.2f} and "
+            f"{hand['pair_direct']['p50']:.2f} ms"
         )
         print(
             f"memcpy of one frame (warm): p50 {t['memcpy_ms']['p50']:.2f} ms; mp_shm's copies of "

@@ -121,8 +121,10 @@ def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
     assert local["received"] == 8 == local["exact"] == local["via"]["local"]
     assert t["in_process"]["via"]["local"] == 0  # forced onto DDS for the comparison
     hand = t["intra_process_handover_ms"]
-    assert hand["image"]["runs"] == 8 == hand["pair"]["runs"]
-    assert 0 < hand["image"]["p50"] <= hand["pair"]["p50"]  # a pair waits for its second image
+    for mode in ("", "_direct"):
+        assert hand[f"image{mode}"]["runs"] == 8 == hand[f"pair{mode}"]["runs"]
+        # A pair waits for its second image.
+        assert 0 < hand[f"image{mode}"]["p50"] <= hand[f"pair{mode}"]["p50"]
     assert t["ms"]["p50"] > 0 and t["memcpy_ms"]["p50"] >= 0
     # The shared-memory path's own copies of a pair: more than one warm copy of one frame.
     assert t["shm_copies_ms"]["p50"] > t["memcpy_ms"]["p50"]

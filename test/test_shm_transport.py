@@ -244,3 +244,27 @@ def test_small_messages_in_one_process_are_copies_and_a_slow_reader_keeps_the_ne
     assert all(m is not info for m in got)
     pub.close()
     inp.close()
+
+
+def test_a_direct_input_runs_on_the_publishers_thread_and_its_errors_stay_there(ros_context):
+    talker = Node("direct_talker", context=ros_context, namespace="/direct")
+    listener = Node("direct_listener", context=ros_context, namespace="/direct")
+    qos = image_qos("reliable", 10)
+    pub = ImagePublisher(talker, "cam/image", qos)
+    inp = ImageInput(listener, "cam/image", qos, "auto", direct=True)
+    got, threads = [], []
+
+    def on_image(msg):
+        threads.append(threading.current_thread())
+        if msg.header.stamp.sec == 1:
+            raise RuntimeError("a subscriber's bug")
+        got.append(msg)
+
+    inp.registerCallback(on_image)
+    assert inp.using == "local" and inp.local.guard is None  # nothing to wake: no executor
+    for sec in (1, 2):  # nobody spins the listener: delivery needs no executor
+        pub.publish(np.zeros((8, 8), np.uint8), "mono8", _stamped(sec))
+    assert threads == [threading.current_thread()] * 2
+    assert [m.header.stamp.sec for m in got] == [2]  # the failing callback did not stop it
+    pub.close()
+    inp.close()

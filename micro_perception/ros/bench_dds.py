@@ -266,9 +266,18 @@ def run_transport(size: tuple[int, int] = (1080, 1920), frames: int = 40, rate: 
 def _intra_process_handover(image: np.ndarray, frames: int, rate: float) -> dict:
     """The intra-process path alone: from ``publish()`` of an image to its callback in another
     node of this process (``image``), and of a stereo pair to the synchronised pair
-    (``pair``). The subscriber spins on its own executor and thread, as in pipeline_process;
-    the clock starts at the publish call, so the publisher's own work (building the image, its
-    camera_info) is not in it."""
+    (``pair``), the subscriber spinning on its own executor and thread as in
+    pipeline_process; and the same handed over on the publisher's thread (``*_direct``), as
+    depth_node takes its images with the newest-pair worker. The clock starts at the publish
+    call, so the publisher's own work (building the image, its camera_info) is not in it."""
+    out = {}
+    for direct, suffix in ((False, ""), (True, "_direct")):
+        got = _handover_run(image, frames, rate, direct)
+        out |= {f"{key}{suffix}": summary_ms(v) if v else None for key, v in got.items()}
+    return out
+
+
+def _handover_run(image: np.ndarray, frames: int, rate: float, direct: bool) -> dict:
     from std_msgs.msg import Header
 
     from micro_perception.ros.shm_transport import ImageInput, ImagePublisher
@@ -280,7 +289,9 @@ def _intra_process_handover(image: np.ndarray, frames: int, rate: float) -> dict
     listener = Node("handover_listener", context=context, namespace="/bench_handover")
     qos = image_qos("best_effort", 5)
     pubs = [ImagePublisher(talker, f"{eye}/image", qos) for eye in ("left", "right")]
-    inputs = [ImageInput(listener, f"{eye}/image", qos) for eye in ("left", "right")]
+    inputs = [
+        ImageInput(listener, f"{eye}/image", qos, direct=direct) for eye in ("left", "right")
+    ]
     sync = ApproximateTimeSynchronizer(inputs, 10, 0.005)
     t0, got = [0.0], {"image": [], "pair": []}
     arrived = threading.Event()
@@ -318,7 +329,7 @@ def _intra_process_handover(image: np.ndarray, frames: int, rate: float) -> dict
         for node in (talker, listener):
             node.destroy_node()
         rclpy.shutdown(context=context)
-    return {key: summary_ms(v) if v else None for key, v in got.items()}
+    return got
 
 
 def _shm_pair_copies(image: np.ndarray, seconds: float = 0.5) -> dict:

@@ -210,11 +210,16 @@ class DepthNode(Node):
         p.on_change(self._on_params)
         self.last_stamp_ns: int | None = None
         qos = image_qos(p["reliability"], p["qos_depth"])
+        # With the newest-pair worker the inputs only feed the synchroniser and the worker, both
+        # locked: images from a publisher in this process are handed over on its thread,
+        # without waking this node's executor.
+        direct = p["queue_policy"] == "newest"
+        err = self._transport_error
         subs = [
-            ImageInput(self, "left/image", qos, p["image_transport"], self._transport_error),
-            ImageInput(self, "right/image", qos, p["image_transport"], self._transport_error),
-            MessageInput(self, CameraInfo, "left/camera_info", qos),
-            MessageInput(self, CameraInfo, "right/camera_info", qos),
+            ImageInput(self, "left/image", qos, p["image_transport"], err, direct),
+            ImageInput(self, "right/image", qos, p["image_transport"], err, direct),
+            MessageInput(self, CameraInfo, "left/camera_info", qos, direct),
+            MessageInput(self, CameraInfo, "right/camera_info", qos, direct),
         ]
         self.inputs = subs
         self.sync = ApproximateTimeSynchronizer(subs, p["sync_queue"], p["sync_slop"])

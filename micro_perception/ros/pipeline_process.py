@@ -8,8 +8,10 @@
 Each node keeps its name, parameters (a parameter file's ``focal_fusion_node`` and
 ``depth_node`` sections) and topics, so rviz, bags and other nodes see the same graph as with
 two processes. Each spins on an executor and thread of its own: rclpy's multi-threaded
-executor took 6 ms to hand over an in-process pair here, against about 1.5 ms this way. The
-networks share one torch thread pool (``threads: 0`` leaves it at torch's default).
+executor took 6 ms to hand over an in-process pair here, against about 1.5 ms this way. With
+its newest-pair worker, depth_node takes the fused images on the fusion node's thread, without
+waking its executor at all (a 1080p image in about 0.3 ms). The networks share one torch thread
+pool (``threads: 0`` leaves it at torch's default).
 """
 
 from __future__ import annotations

@@ -293,12 +293,15 @@ class ImageInput(SimpleFilter):
 
     CHECK_PERIOD = 1.0
 
-    def __init__(self, node, topic: str, qos, transport: str = "auto", on_error=None):
+    def __init__(
+        self, node, topic: str, qos, transport: str = "auto", on_error=None, direct=False
+    ):
         super().__init__()
         if transport not in ("auto", "shm", "raw"):
             raise InputError(f"image transport must be auto, shm or raw, got {transport!r}")
         topic = node.resolve_topic_name(topic)  # remapped: the companion follows the remap
         self.node, self.topic, self.qos, self.transport = node, topic, qos, transport
+        self.direct = direct  # in-process images on the publisher's thread (LocalSubscription)
         self.on_error = on_error or (lambda text: None)
         self.host = host_id()
         self.rings: dict[str, ShmRing] = {}
@@ -342,7 +345,7 @@ class ImageInput(SimpleFilter):
             # The publisher is in this process: no DDS subscription, so it publishes none.
             if self.local is None:
                 self.local = intra_process.LocalSubscription(
-                    self.node, self.topic, self._on_local, self.qos.depth
+                    self.node, self.topic, self._on_local, self.qos.depth, self.direct
                 )
             for sub in (self.raw_sub, self.handle_sub):
                 if sub is not None:
