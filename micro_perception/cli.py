@@ -83,7 +83,8 @@ def _add_transport_args(p: argparse.ArgumentParser, frames: int, size: tuple[int
         "--transport",
         default="raw",
         choices=["raw", "shm", "auto"],
-        help="images as sensor_msgs/Image over DDS (raw), or through shared memory (shm)",
+        help="images as sensor_msgs/Image over DDS (raw), through shared memory (shm), or "
+        "auto: as arrays from a publisher in this process (--in-process), else shared memory",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -108,7 +109,7 @@ def _transport_check(args: argparse.Namespace) -> int:
     if not args.json:
         print(
             f"sending {cfg.frames} {cfg.width}x{cfg.height} {cfg.encoding} stereo pairs at "
-            f"{cfg.rate} Hz from stereo_pattern_node ({where}) to stereo_check_node over DDS "
+            f"{cfg.rate} Hz from stereo_pattern_node ({where}) to stereo_check_node "
             f"({cfg.reliability} subscriptions, {cfg.transport} images, "
             "ApproximateTimeSynchronizer); "
             f"DDS profile: {profile}",
@@ -132,6 +133,8 @@ def _transport_check(args: argparse.Namespace) -> int:
             f"  bit-exact        {report['exact']}  corrupt {report['corrupt']}  "
             f"rejected {report['bad_input']}"
         )
+        via = report.get("transport", {}).get("left", {})
+        print("  arrived via      " + ", ".join(f"{k} {n}" for k, n in via.items() if n))
         print(
             f"  latency          p50 {ms(report['latency_ms_p50'])}  "
             f"p95 {ms(report['latency_ms_p95'])}  max {ms(report['latency_ms_max'])}  "
