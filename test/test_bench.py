@@ -73,28 +73,16 @@ def test_bench_json_has_stages_peers_and_networks(capsys):
     assert out["rss_mb"]["bench"] > 0
 
 
-def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
-    rc = main(
-        [
-            "bench",
-            "--json",
-            "--parts",
-            "end_to_end,transport",
-            "--size",
-            "96",
-            "96",
-            "--slices",
-            "3",
-            "--e2e-seconds",
-            "4",
-            "--transport-frames",
-            "8",
-            "--device",
-            "cpu",
-        ]
-    )
+def _small_chain_bench(capsys, parts: str, *extra: str) -> dict:
+    """``bench --json`` of the node chain at 96x96, 3 slices, a 4 s window, on the CPU."""
+    chain = ("--size", "96", "96", "--slices", "3", "--e2e-seconds", "4", "--device", "cpu")
+    rc = main(["bench", "--json", "--parts", parts, *chain, *extra])
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
+    out = _small_chain_bench(capsys, "end_to_end,transport", "--transport-frames", "8")
     e2e = out["end_to_end"]["96x96"]
     assert e2e["distances_out"] > 0 and e2e["rate_hz"] > 0 and e2e["dropped"] >= 0
     lat = e2e["latency_ms"]
@@ -131,26 +119,7 @@ def test_bench_through_dds_reports_end_to_end_and_transport(capsys):
 
 
 def test_bench_end_to_end_with_fusion_and_depth_in_one_process(capsys):
-    rc = main(
-        [
-            "bench",
-            "--json",
-            "--parts",
-            "end_to_end",
-            "--size",
-            "96",
-            "96",
-            "--slices",
-            "3",
-            "--e2e-seconds",
-            "4",
-            "--device",
-            "cpu",
-            "--one-process",
-        ]
-    )
-    assert rc == 0
-    e2e = json.loads(capsys.readouterr().out)["end_to_end"]["96x96"]
+    e2e = _small_chain_bench(capsys, "end_to_end", "--one-process")["end_to_end"]["96x96"]
     assert e2e["processes"] == ["sim_microscope_node", "pipeline_process"]
     assert e2e["distances_out"] > 0 and e2e["known"] > 0
     assert set(e2e["rss_mb"]) == {"sim_microscope_node", "pipeline_process"}

@@ -7,12 +7,10 @@ published distance while the instrument hovers).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from geometry_msgs.msg import PointStamped
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, Range
@@ -20,6 +18,7 @@ from std_msgs.msg import Bool
 from visualization_msgs.msg import MarkerArray
 
 from micro_perception.ros.qos import alert_qos, image_qos
+from micro_perception.ros.runner import spin_each
 
 FUSED = [
     "--ros-args",
@@ -92,15 +91,7 @@ def run_chain(
             got[key].append(msg)
 
         listener.create_subscription(msg_type, topic, on_msg, q)
-    executors = []
-    threads = []
-    for node in nodes:
-        ex = SingleThreadedExecutor(context=context)
-        ex.add_node(node)
-        executors.append(ex)
-        threads.append(threading.Thread(target=ex.spin, daemon=True))
-    for t in threads:
-        t.start()
+    executors, threads = spin_each(nodes, context)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and not done(got):

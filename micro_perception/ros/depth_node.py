@@ -230,7 +230,7 @@ class DepthNode(Node):
                 self._on_pair,
                 "depth_node.worker",
                 on_drop=lambda: self.health.count("superseded"),
-                on_error=self._worker_error,
+                on_error=self.health.worker_failed("pair"),
             )
             self.sync.registerCallback(self.worker.submit)
         else:
@@ -252,11 +252,6 @@ class DepthNode(Node):
 
     def _transport_error(self, text: str) -> None:
         self.health.problem("transport", text)
-
-    def _worker_error(self, exc: BaseException) -> None:
-        if not self.context.ok():  # Ctrl-C while a pair was in work: nothing failed
-            return
-        self.health.problem("error", f"pair failed: {type(exc).__name__}: {exc}")
 
     def destroy_node(self):
         worker = getattr(self, "worker", None)  # absent when construction failed

@@ -48,6 +48,16 @@ class Health:
         self.last_problem_time = time.monotonic()
         self.node.get_logger().warning(reason, throttle_duration_sec=2.0)
 
+    def worker_failed(self, what: str):
+        """An ``on_error`` for a node's worker: the failed ``what`` (a stack, a pair) counted
+        as an ``error``, except while Ctrl-C shuts the context down, when nothing failed."""
+
+        def on_error(exc: BaseException) -> None:
+            if self.node.context.ok():
+                self.problem("error", f"{what} failed: {type(exc).__name__}: {exc}")
+
+        return on_error
+
     def status(self) -> DiagnosticStatus:
         now = time.monotonic()
         if self.last_input is None:

@@ -120,7 +120,7 @@ class FocalFusionNode(Node):
                 self._fuse,
                 "focal_fusion_node.worker",
                 on_drop=lambda: self.health.count("superseded_stacks"),
-                on_error=self._worker_error,
+                on_error=self.health.worker_failed("stack"),
             )
         for eye in EYES:
             self.inputs[eye] = ImageInput(
@@ -151,11 +151,6 @@ class FocalFusionNode(Node):
             for obj in getattr(self, part, {}).values():
                 obj.close()
         return super().destroy_node()
-
-    def _worker_error(self, exc: BaseException) -> None:
-        if not self.context.ok():  # Ctrl-C while a stack was in work: nothing failed
-            return
-        self.health.problem("error", f"stack failed: {type(exc).__name__}: {exc}")
 
     def _transport_error(self, text: str) -> None:
         self.health.problem("transport", text)

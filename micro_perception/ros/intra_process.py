@@ -89,12 +89,10 @@ class LocalPublisher:
     def subscription_count(self) -> int:
         return len(subscriptions(self.key))
 
-    def publish(self, msg) -> int:
-        """Hands ``msg`` to every local subscription; returns how many took it."""
-        subs = subscriptions(self.key)
-        for sub in subs:
+    def publish(self, msg) -> None:
+        """Hands ``msg`` to every local subscription."""
+        for sub in subscriptions(self.key):
             sub.put(copy.deepcopy(msg) if self.copy_messages else msg)
-        return len(subs)
 
     def close(self) -> None:
         with _lock:
@@ -120,7 +118,7 @@ class LocalSubscription:
         self.key = topic_key(node, topic)
         self.node, self.callback, self.direct = node, callback, direct
         self.queue: deque = deque(maxlen=max(1, int(depth)))
-        self.received = self.dropped = 0
+        self.dropped = 0
         self._qlock = threading.Lock()
         self.guard = None if direct else node.create_guard_condition(self._drain)
         with _lock:
@@ -129,7 +127,6 @@ class LocalSubscription:
     def put(self, msg) -> None:
         if self.direct:
             with self._qlock:  # one message at a time, in order, whichever thread publishes
-                self.received += 1
                 try:
                     self.callback(msg)
                 except Exception as exc:  # the subscriber's fault, not the publisher's
@@ -153,7 +150,6 @@ class LocalSubscription:
                 if not self.queue:
                     return
                 msg = self.queue.popleft()
-                self.received += 1
             self.callback(msg)
 
     def close(self) -> None:
@@ -188,63 +184,91 @@ class MessagePublisher:
         self.local.close()
 
 
-class MessageInput(SimpleFilter):
+class LocalInput(SimpleFilter):
     """A synchroniser input (message_filters.Subscriber) that takes ``topic`` from a publisher
-    of this process when there is one, else subscribes to it over DDS; checked again every
-    ``CHECK_PERIOD`` seconds, so either side may start first."""
+    of this process while there is one. Subclasses subscribe over DDS otherwise, in
+    ``_check``. Checked every ``CHECK_PERIOD`` seconds and at once when a publisher starts in
+    the process, so either side may start first."""
 
     CHECK_PERIOD = 1.0
 
-    def __init__(self, node, msg_type, topic: str, qos, direct: bool = False):
+    def __init__(self, node, topic: str, qos, direct: bool = False):
         super().__init__()
-        self.node, self.msg_type, self.qos, self.direct = node, msg_type, qos, direct
+        self.node, self.qos, self.direct = node, qos, direct
         self.topic = node.resolve_topic_name(topic)
         self.local: LocalSubscription | None = None
-        self.dds_sub = None
-        self.received = {"local": 0, "dds": 0}
-        self._check()
-        self.timer = node.create_timer(self.CHECK_PERIOD, self._check)
-        self._wake = node.create_guard_condition(self._check)
-        self._unwatch = watch(topic_key(node, self.topic), self._wake.trigger)
+        self._unwatch = None
+        self.received = {"local": 0}  # subclasses add their DDS paths' counts
 
     def getTopic(self) -> str:  # noqa: N802 - message_filters API
         return self.topic
+
+    def _watch(self) -> None:
+        """Starts checking: now, every CHECK_PERIOD, and when a local publisher starts (on this
+        node's executor)."""
+        self._check()
+        self.timer = self.node.create_timer(self.CHECK_PERIOD, self._check)
+        self._wake = self.node.create_guard_condition(self._check)
+        self._unwatch = watch(topic_key(self.node, self.topic), self._wake.trigger)
+
+    def _check(self) -> None:
+        raise NotImplementedError
+
+    def _take_local(self) -> bool:
+        """Whether a publisher of this process serves the topic; subscribes to it if so, and
+        lets go of it if not."""
+        if has_publisher(topic_key(self.node, self.topic)):
+            if self.local is None:
+                self.local = LocalSubscription(
+                    self.node, self.topic, self._on_local, _depth(self.qos), self.direct
+                )
+            return True
+        if self.local is not None:
+            self.local.close()
+            self.local = None
+        return False
+
+    def _on_local(self, msg) -> None:
+        self.received["local"] += 1
+        self.signalMessage(msg)
+
+    def close(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        if self.local is not None:
+            self.local.close()
+            self.local = None
+
+
+class MessageInput(LocalInput):
+    """A :class:`LocalInput` for any message type (camera_info): a publisher of this process
+    when there is one, else the DDS topic."""
+
+    def __init__(self, node, msg_type, topic: str, qos, direct: bool = False):
+        super().__init__(node, topic, qos, direct)
+        self.msg_type = msg_type
+        self.dds_sub = None
+        self.received["dds"] = 0
+        self._watch()
 
     @property
     def using(self) -> str:
         return "local" if self.local is not None else "dds"
 
     def _check(self) -> None:
-        if has_publisher(topic_key(self.node, self.topic)):
-            if self.local is None:
-                self.local = LocalSubscription(
-                    self.node, self.topic, self._on_local, _depth(self.qos), self.direct
-                )
+        if self._take_local():
             if self.dds_sub is not None:
                 self.node.destroy_subscription(self.dds_sub)
                 self.dds_sub = None
-        else:
-            if self.local is not None:
-                self.local.close()
-                self.local = None
-            if self.dds_sub is None:
-                self.dds_sub = self.node.create_subscription(
-                    self.msg_type, self.topic, self._on_dds, self.qos
-                )
-
-    def _on_local(self, msg) -> None:
-        self.received["local"] += 1
-        self.signalMessage(msg)
+        elif self.dds_sub is None:
+            self.dds_sub = self.node.create_subscription(
+                self.msg_type, self.topic, self._on_dds, self.qos
+            )
 
     def _on_dds(self, msg) -> None:
         self.received["dds"] += 1
         self.signalMessage(msg)
-
-    def close(self) -> None:
-        self._unwatch()
-        if self.local is not None:
-            self.local.close()
-            self.local = None
 
 
 def _depth(qos) -> int:

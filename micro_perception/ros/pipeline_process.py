@@ -7,8 +7,7 @@
 
 Each node keeps its name, parameters (a parameter file's ``focal_fusion_node`` and
 ``depth_node`` sections) and topics, so rviz, bags and other nodes see the same graph as with
-two processes. Each spins on an executor and thread of its own: rclpy's multi-threaded
-executor took 6 ms to hand over an in-process pair here, against about 1.5 ms this way. With
+two processes. Each spins on an executor and thread of its own (``runner.spin_each``). With
 its newest-pair worker, depth_node takes the fused images on the fusion node's thread, without
 waking its executor at all (a 1080p image in about 0.3 ms). The networks share one torch thread
 pool (``threads: 0`` leaves it at torch's default).
@@ -16,15 +15,12 @@ pool (``threads: 0`` leaves it at torch's default).
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import rclpy
-from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 
 from micro_perception.errors import InputError
 from micro_perception.ros.chain import FUSED
+from micro_perception.ros.runner import spin_each
 
 
 def main(args=None) -> None:
@@ -53,24 +49,13 @@ def _run(nodes: list, executors: list) -> None:
     except InputError as exc:
         rclpy.logging.get_logger("pipeline_process").fatal(f"cannot start: {exc}")
         raise SystemExit(1) from None
-    threads = []
-    for node in nodes:
-        ex = SingleThreadedExecutor()
-        ex.add_node(node)
-        executors.append(ex)
-        threads.append(threading.Thread(target=_spin, args=(ex,), daemon=True))
-    for t in threads:
-        t.start()
+    started, threads = spin_each(nodes)
+    executors.extend(started)
     nodes[-1].get_logger().info(
         "focal_fusion_node and depth_node in one process: fused images pass as arrays"
     )
     while rclpy.ok() and all(t.is_alive() for t in threads):
         threads[0].join(timeout=0.2)
-
-
-def _spin(executor) -> None:
-    with contextlib.suppress(ExternalShutdownException, RCLError):  # Ctrl-C shuts it down
-        executor.spin()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from std_msgs.msg import Header
 from micro_perception.errors import InputError
 from micro_perception.ros import intra_process
 from micro_perception.ros.conversions import numpy_to_image
-from micro_perception.ros.sync import SimpleFilter
 
 SUFFIX = "mp_shm"
 SHM_DIR = Path("/dev/shm")
@@ -286,43 +285,31 @@ def _local_image(arr: np.ndarray, encoding: str, header: Header) -> ShmImage:
     )
 
 
-class ImageInput(SimpleFilter):
+class ImageInput(intra_process.LocalInput):
     """A synchroniser input for image topic ``topic``: with ``transport`` auto, the publisher's
     arrays when it lives in this process, else the ``mp_shm`` handles while a publisher on this
     host offers them, else the plain topic. shm and raw force one of the last two."""
 
-    CHECK_PERIOD = 1.0
-
     def __init__(
         self, node, topic: str, qos, transport: str = "auto", on_error=None, direct=False
     ):
-        super().__init__()
         if transport not in ("auto", "shm", "raw"):
             raise InputError(f"image transport must be auto, shm or raw, got {transport!r}")
-        topic = node.resolve_topic_name(topic)  # remapped: the companion follows the remap
-        self.node, self.topic, self.qos, self.transport = node, topic, qos, transport
-        self.direct = direct  # in-process images on the publisher's thread (LocalSubscription)
+        # Resolved (remapped) by LocalInput: the companion follows the remap.
+        super().__init__(node, topic, qos, direct)
+        self.transport = transport
         self.on_error = on_error or (lambda text: None)
         self.host = host_id()
         self.rings: dict[str, ShmRing] = {}
         self.shm_failed = False
-        self.received = {"local": 0, "shm": 0, "raw": 0}
-        self.handle_sub = self.raw_sub = self.local = None
+        self.received |= {"shm": 0, "raw": 0}
+        self.handle_sub = self.raw_sub = None
         if transport == "raw":
             self._subscribe_raw()
         elif transport == "shm":
             self._subscribe_handles()
         else:
-            self._check()
-            self.timer = node.create_timer(self.CHECK_PERIOD, self._check)
-            # A publisher starting in this process is taken at once, on this node's executor.
-            self._wake = node.create_guard_condition(self._check)
-            self._unwatch = intra_process.watch(
-                intra_process.topic_key(node, topic), self._wake.trigger
-            )
-
-    def getTopic(self) -> str:  # noqa: N802 - message_filters API
-        return self.topic
+            self._watch()
 
     @property
     def using(self) -> str:
@@ -341,20 +328,13 @@ class ImageInput(SimpleFilter):
             )
 
     def _check(self) -> None:
-        if intra_process.has_publisher(intra_process.topic_key(self.node, self.topic)):
+        if self._take_local():
             # The publisher is in this process: no DDS subscription, so it publishes none.
-            if self.local is None:
-                self.local = intra_process.LocalSubscription(
-                    self.node, self.topic, self._on_local, self.qos.depth, self.direct
-                )
             for sub in (self.raw_sub, self.handle_sub):
                 if sub is not None:
                     self.node.destroy_subscription(sub)
             self.raw_sub = self.handle_sub = None
             return
-        if self.local is not None:
-            self.local.close()
-            self.local = None
         self._subscribe_handles()
         offered = self.node.count_publishers(f"{self.topic}/{SUFFIX}") > 0
         if offered and not self.shm_failed:
@@ -363,10 +343,6 @@ class ImageInput(SimpleFilter):
                 self.raw_sub = None
         else:
             self._subscribe_raw()
-
-    def _on_local(self, msg: ShmImage) -> None:
-        self.received["local"] += 1
-        self.signalMessage(msg)
 
     def _on_raw(self, msg: Image) -> None:
         self.received["raw"] += 1
@@ -406,12 +382,7 @@ class ImageInput(SimpleFilter):
         )
 
     def close(self) -> None:
-        if getattr(self, "_unwatch", None) is not None:
-            self._unwatch()
-            self._unwatch = None
-        if self.local is not None:
-            self.local.close()
-            self.local = None
+        super().close()
         for ring in self.rings.values():
             ring.close()
         self.rings = {}
