@@ -1248,16 +1248,29 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
         f"{meta['frames']} frames ({meta['in_range']} with the tip 0.05-3 mm above the retina) "
         f"from {meta['data']}; input {meta['input']}, masks {meta['masks']}, gap {meta['mode']}"
     )
-    print(f"  all      MAE {f(result['mae_um'])} um  p95 {f(result['p95_um'])} um")
+    print(
+        f"  all      MAE {f(result['mae_um'])} um {_ci(result['mae_ci95_um'], digits=0)}  "
+        f"p95 {f(result['p95_um'])} um {_ci(result['p95_ci95_um'], digits=0)}"
+    )
     for name, r in result["by_range"].items():
-        print(f"  {name:<9}MAE {f(r['mae_um'])} um  p95 {f(r['p95_um'])} um  (n={r['n']})")
+        print(
+            f"  {name:<10}MAE {f(r['mae_um'])} um {_ci(r['mae_ci95_um'], digits=0)}  "
+            f"p95 {f(r['p95_um'])} um  (n={r['n']})"
+        )
     for name, r in result["by_instrument"].items():
         print(
             f"  {name:<11}MAE {f(r['mae_um'])} um  p95 {f(r['p95_um'])} um  (n={r['n']}, tip "
             f"found {r['tip_detect']:.3f})"
         )
+    c = result["alert_counts"]
     print(
-        f"  alert at {meta['alert_distance_m'] * 1e3:.2f} mm: miss {f(result['miss'], '.3f')}, "
+        f"  alert at {meta['alert_distance_m'] * 1e3:.2f} mm: missed {c['missed']} of "
+        f"{c['close']} {_ci(result['miss_ci95'], 100, ' %')}, false alarms "
+        f"{c['false_alarms']} of {c['not_close']} {_ci(result['false_alarm_ci95'], 100, ' %')}"
+        "; 95 % intervals in brackets"
+    )
+    print(
+        f"  miss {f(result['miss'], '.3f')}, "
         f"false alarm {f(result['false_alarm'], '.3f')}; tip detected "
         f"{f(result['tip_detect'], '.3f')}; tip error {f(result['tip_error_um'])} um; "
         f"{f(result['ms'], '.0f')} ms/frame"
@@ -1270,6 +1283,69 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
         f"  alert with a guard band (miss / false alarm): {curve}; no miss from "
         f"+{f(result['margin_for_no_miss_um'], '.0f')} um"
     )
+    return 0
+
+
+def _ci(interval, scale: float = 1.0, unit: str = "", digits: int = 1) -> str:
+    """A 95 % interval as "[lo, hi]unit", or "" when there is none."""
+    if interval is None:
+        return ""
+    lo, hi = (v * scale for v in interval)
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]{unit}"
+
+
+def cmd_eval_compare(args: argparse.Namespace) -> int:
+    """Compare two `eval distance --frames` runs frame by frame: is the new one better?"""
+    from micro_perception.training.distance_eval import compare_frames, load_frames
+
+    out = compare_frames(load_frames(args.base), load_frames(args.new), args.alert_distance)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+
+    def um(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    print(
+        f"{out['frames']} frames in both ({out['only_in_base']} only in {args.base}, "
+        f"{out['only_in_new']} only in {args.new}); {out['paired']} in range measured by both"
+    )
+    print(
+        f"  MAE {um(out['base_mae_um'])} -> {um(out['new_mae_um'])} um: "
+        f"{um(out['mae_diff_um'])} um, 95 % {_ci(out['mae_diff_ci95_um'], unit=' um')} (paired): "
+        f"{out['verdict']}"
+    )
+    print(
+        f"  p95 {um(out['base_p95_um'])} -> {um(out['new_p95_um'])} um, difference "
+        f"{_ci(out['p95_diff_ci95_um'])}"
+    )
+    print(
+        f"  measured by one only: base {out['measured_by_base_only']}, "
+        f"new {out['measured_by_new_only']}"
+    )
+    for kind, r in out["by_instrument"].items():
+        print(
+            f"  {kind:<11}MAE {um(r['base_mae_um'])} -> {um(r['new_mae_um'])} um "
+            f"{_ci(r['mae_diff_ci95_um'])} (n={r['n']})"
+        )
+    for side in ("base", "new"):
+        a = out["alert"][side]
+        print(
+            f"  alert, {side:<4}: missed {a['missed']} of {a['close']} "
+            f"{_ci(a['miss_ci95'], 100, ' %')}, false alarms {a['false_alarms']} of "
+            f"{a['not_close']} {_ci(a['false_alarm_ci95'], 100, ' %')}"
+        )
+    print(f"  alert right now, wrong before: {', '.join(out['alert_fixed']) or 'none'}")
+    print(f"  alert wrong now, right before: {', '.join(out['alert_broken']) or 'none'}")
+    for title, rows in (
+        ("improved most", out["most_improved"]),
+        ("worsened most", out["most_worsened"]),
+    ):
+        for r in rows:
+            print(
+                f"  {title}: {r['frame']} {r['instrument']} at {r['true_um']:.0f} um, error "
+                f"{r['base_error_um']:+.0f} -> {r['new_error_um']:+.0f} um"
+            )
     return 0
 
 
@@ -1597,6 +1673,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", help="also write every frame's result to this JSON file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_distance)
+    p = ev.add_parser("compare", help=cmd_eval_compare.__doc__)
+    p.add_argument("base", help="frames file of the reference run (`eval distance --frames`)")
+    p.add_argument("new", help="frames file of the run to judge, on the same data")
+    p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_compare)
     p = ev.add_parser("segment", help=cmd_eval_segment.__doc__)
     p.add_argument("--data", required=True)
     p.add_argument("--weights", help="segmentation weights (default: the shipped ones)")

@@ -210,6 +210,10 @@ def test_the_alert_guard_band_trades_misses_for_false_alarms():
     assert (m["25"]["miss"], m["25"]["false_alarm"]) == (0.0, 0.0)  # 0.52 < 0.525
     assert (m["75"]["miss"], m["75"]["false_alarm"]) == (0.0, 0.5)  # 0.56 < 0.575
     assert out["margin_for_no_miss_um"] == pytest.approx(20.0)
+    assert out["alert_counts"] == {"close": 2, "missed": 1, "not_close": 2, "false_alarms": 0}
+    assert out["miss_ci95"][0] < 0.5 < out["miss_ci95"][1] and out["false_alarm_ci95"][0] == 0.0
+    lo, hi = out["mae_ci95_um"]
+    assert lo <= out["mae_um"] <= hi and out["p95_ci95_um"] is not None
     rows.append(row(0.2, np.inf))  # a close frame without a distance: no margin catches it
     out = summarise(rows, 0.5e-3, "aif", False, "normal", SimpleNamespace(mask_source="x"), "d")
     assert out["margin_for_no_miss_um"] == np.inf and out["alert_margins"]["200"]["miss"] > 0

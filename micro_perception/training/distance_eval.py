@@ -14,8 +14,14 @@ optical axis with ``mode="axial"``) against the scene's exact gap from the instr
   safety distance plus the margin), and ``margin_for_no_miss_um``, the least margin that misses
   no frame here (inf when a close frame has no distance at all);
 * ``by_instrument``: MAE, p95 and tip detection of each instrument kind;
+* ``*_ci95*``: 95 % intervals (``training.stats``): a bootstrap over frames for the MAE and
+  p95, exact binomial for the alert's rates, whose counts are in ``alert_counts``. A few hundred
+  frames leave the MAE uncertain by several micrometres;
 * ``tip_error_um``: mean 3D distance between the measured and the true tip;
 * ``ms``: median milliseconds of the pipeline per frame on this machine.
+
+``compare_frames`` (``eval compare``) pairs two runs' ``--frames`` files frame by frame: the
+difference of their MAE with a paired interval, and the frames whose alert changed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from micro_perception.fusion.fuser import Fuser
 from micro_perception.geometry import METHODS
 from micro_perception.sim.dataset import dataset_stereo_pair, find_stacks
 from micro_perception.training.depth_eval import eval_frame
+from micro_perception.training.stats import binomial_ci, bootstrap_ci, p95, paired_bootstrap_ci
 
 RANGES = (("<0.5mm", 0.0, 0.5e-3), ("0.5-1.5mm", 0.5e-3, 1.5e-3), (">1.5mm", 1.5e-3, np.inf))
 MARGINS_UM = (0, 25, 50, 75, 100, 150, 200)
@@ -41,9 +48,14 @@ GAP_RANGE = (0.05e-3, 3.0e-3)
 
 def _stats(err_um: list[float]) -> dict:
     if not err_um:
-        return {"n": 0, "mae_um": None, "p95_um": None}
+        return {"n": 0, "mae_um": None, "p95_um": None, "mae_ci95_um": None}
     a = np.abs(np.asarray(err_um))
-    return {"n": len(a), "mae_um": float(a.mean()), "p95_um": float(np.percentile(a, 95))}
+    return {
+        "n": len(a),
+        "mae_um": float(a.mean()),
+        "p95_um": float(np.percentile(a, 95)),
+        "mae_ci95_um": bootstrap_ci(a),
+    }
 
 
 def evaluate_distance(
@@ -117,6 +129,7 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
         sel = [(r["measured_m"] - r["true_m"]) * 1e6 for r in mine if np.isfinite(r["measured_m"])]
         by_instrument[kind] = _stats(sel) | {"tip_detect": len(sel) / len(mine)}
     margins = {}  # "0": the alert as set
+    counts = {}
     for um in MARGINS_UM:
         on = alert_distance + um * 1e-6
         c = [r["measured_m"] < on for r in rows if r["true_m"] < alert_distance]
@@ -125,17 +138,26 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
             "miss": (c.count(False) / len(c)) if c else None,
             "false_alarm": (sum(f) / len(f)) if f else None,
         }
+        if um == 0:
+            counts = {"close": len(c), "missed": c.count(False), "not_close": len(f)}
+            counts["false_alarms"] = sum(f)
     worst = max((r["measured_m"] for r in rows if r["true_m"] < alert_distance), default=None)
     tips = [r["tip_error_um"] for r in measured if r["tip_error_um"] is not None]
     summary = _stats(err)
     return {
         "mae_um": summary["mae_um"],
         "p95_um": summary["p95_um"],
+        # 95 % intervals: a bootstrap over frames, exact binomial for the alert's rates.
+        "mae_ci95_um": summary["mae_ci95_um"],
+        "p95_ci95_um": bootstrap_ci(np.abs(err), p95),
         "bias_um": float(np.mean(err)) if err else None,
         "by_range": by_range,
         "by_instrument": by_instrument,
         "false_alarm": margins["0"]["false_alarm"],
         "miss": margins["0"]["miss"],
+        "false_alarm_ci95": binomial_ci(counts["false_alarms"], counts["not_close"]),
+        "miss_ci95": binomial_ci(counts["missed"], counts["close"]),
+        "alert_counts": counts,
         "alert_margins": margins,
         "margin_for_no_miss_um": (
             None if worst is None else max(0.0, (worst - alert_distance) * 1e6)
@@ -155,4 +177,127 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
             "methods": {m: sum(r["method"] == m for r in measured) for m in METHODS},
         },
         "_frames": rows,
+    }
+
+
+def load_frames(path: str | Path) -> list[dict]:
+    """The per-frame rows ``eval distance --frames`` wrote."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read frames file {path}: {exc}") from exc
+    keys = {"frame", "true_m", "measured_m"}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and keys <= set(r) for r in rows):
+        raise InputError(
+            f"{path} is not an `eval distance --frames` file (a list of rows with {sorted(keys)})"
+        )
+    return rows
+
+
+def _alert_wrong(row: dict, alert_distance: float) -> bool:
+    return (row["measured_m"] < alert_distance) != (row["true_m"] < alert_distance)
+
+
+def compare_frames(base: list[dict], new: list[dict], alert_distance: float = 0.5e-3) -> dict:
+    """Two ``eval distance --frames`` runs on the same frames, paired frame by frame.
+
+    ``mae_diff_um``/``p95_diff_um``: new minus base over the frames in range that both
+    measured, with a paired bootstrap 95 % interval; ``verdict`` is ``better`` or ``worse`` only
+    where that interval of the MAE excludes 0. The alert's outcome on every shared frame:
+    ``fixed`` (wrong in base, right in new) and ``broken`` frames by name.
+    """
+    by_name = {r["frame"]: r for r in base}
+    shared = [(by_name[r["frame"]], r) for r in new if r["frame"] in by_name]
+    if not shared:
+        raise InputError("the two frame files have no frame in common")
+    for a, b in shared:
+        if abs(float(a["true_m"]) - float(b["true_m"])) > 1e-9:
+            raise InputError(
+                f"frame {a['frame']}: true distances differ ({a['true_m']} and {b['true_m']}); "
+                "the two files come from different data"
+            )
+    lo, hi = GAP_RANGE
+    in_range = [(a, b) for a, b in shared if lo <= a["true_m"] <= hi]
+    both = [
+        (a, b)
+        for a, b in in_range
+        if np.isfinite(a["measured_m"]) and np.isfinite(b["measured_m"])
+    ]
+    ea = np.array([abs(a["measured_m"] - a["true_m"]) * 1e6 for a, _ in both])
+    eb = np.array([abs(b["measured_m"] - b["true_m"]) * 1e6 for _, b in both])
+    mae_ci = paired_bootstrap_ci(ea, eb)
+    verdict = "no difference shown"
+    if mae_ci is not None and mae_ci[1] < 0:
+        verdict = "better"
+    elif mae_ci is not None and mae_ci[0] > 0:
+        verdict = "worse"
+    by_instrument = {}
+    for kind in sorted({str(a.get("instrument")) for a, _ in both}):
+        sel = [i for i, (a, _) in enumerate(both) if str(a.get("instrument")) == kind]
+        by_instrument[kind] = {
+            "n": len(sel),
+            "base_mae_um": float(ea[sel].mean()),
+            "new_mae_um": float(eb[sel].mean()),
+            "mae_diff_ci95_um": paired_bootstrap_ci(ea[sel], eb[sel]),
+        }
+    change = eb - ea
+    order = np.argsort(change)
+    moved = [
+        {
+            "frame": both[i][0]["frame"],
+            "instrument": both[i][0].get("instrument"),
+            "true_um": both[i][0]["true_m"] * 1e6,
+            "base_error_um": (both[i][0]["measured_m"] - both[i][0]["true_m"]) * 1e6,
+            "new_error_um": (both[i][1]["measured_m"] - both[i][1]["true_m"]) * 1e6,
+            "change_um": float(change[i]),
+        }
+        for i in order
+    ]
+
+    def alert(side: int) -> dict:
+        rows = [pair[side] for pair in shared]
+        close = [r for r in rows if r["true_m"] < alert_distance]
+        far = [r for r in rows if not r["true_m"] < alert_distance]
+        missed = sum(not r["measured_m"] < alert_distance for r in close)
+        false_alarms = sum(r["measured_m"] < alert_distance for r in far)
+        return {
+            "missed": missed,
+            "close": len(close),
+            "miss_ci95": binomial_ci(missed, len(close)),
+            "false_alarms": false_alarms,
+            "not_close": len(far),
+            "false_alarm_ci95": binomial_ci(false_alarms, len(far)),
+        }
+
+    fixed, broken = [], []
+    for a, b in shared:
+        before, after = _alert_wrong(a, alert_distance), _alert_wrong(b, alert_distance)
+        if before != after:
+            (fixed if before else broken).append(a["frame"])
+    return {
+        "frames": len(shared),
+        "only_in_base": len(base) - len(shared),
+        "only_in_new": len(new) - len(shared),
+        "paired": len(both),
+        "measured_by_base_only": sum(
+            np.isfinite(a["measured_m"]) and not np.isfinite(b["measured_m"]) for a, b in in_range
+        ),
+        "measured_by_new_only": sum(
+            np.isfinite(b["measured_m"]) and not np.isfinite(a["measured_m"]) for a, b in in_range
+        ),
+        "base_mae_um": float(ea.mean()) if len(ea) else None,
+        "new_mae_um": float(eb.mean()) if len(eb) else None,
+        "mae_diff_um": float(change.mean()) if len(ea) else None,
+        "mae_diff_ci95_um": mae_ci,
+        "base_p95_um": float(np.percentile(ea, 95)) if len(ea) else None,
+        "new_p95_um": float(np.percentile(eb, 95)) if len(eb) else None,
+        "p95_diff_ci95_um": paired_bootstrap_ci(ea, eb, p95),
+        "verdict": verdict,
+        "by_instrument": by_instrument,
+        "alert_distance_m": alert_distance,
+        "alert": {"base": alert(0), "new": alert(1)},
+        "alert_fixed": fixed,
+        "alert_broken": broken,
+        "most_improved": [m for m in moved if m["change_um"] < 0][:5],
+        "most_worsened": [m for m in moved[::-1] if m["change_um"] > 0][:5],
     }
