@@ -43,5 +43,6 @@ def test_the_segmentation_training_script_runs_end_to_end_on_the_cpu(tmp_path):
     for which in ("new", "shipped"):
         result = json.loads((out / f"eval_distance_{which}.json").read_text())
         assert result["_meta"]["frames"] == 2 and "alert_margins" in result
+    assert "frames in both" in log  # eval compare's verdict on the two runs
     assert json.loads((out / "train_seg.json").read_text())["train_loss_first_last"]
     assert done.returncode == 0

@@ -63,6 +63,9 @@ for which in new shipped; do
 ('mae_um', 'p95_um', 'miss', 'false_alarm', 'tip_detect')}, {k: v['mae_um'] for k, v in \
 d['by_instrument'].items()})" "$OUT/eval_distance_$which.json"
 done
+stamp "eval compare: new against shipped, frame by frame (paired 95 % interval)"
+timeout 60 $MP eval compare "$OUT/eval_distance_shipped_frames.json" \
+  "$OUT/eval_distance_new_frames.json" | head -20
 stamp "eval segment (validation frames), new and shipped"
 timeout 60 $MP eval segment --data "$WORK/val" --weights "$WORK/seg_new.pt" --json \
   > "$OUT/eval_segment_new.json" 2>/dev/null
