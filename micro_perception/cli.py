@@ -891,6 +891,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
 
     from micro_perception.resources import use_large_image_transport
     from micro_perception.ros.chain import run_chain
+    from micro_perception.training.stats import block_bootstrap_ci, correlation_length
 
     use_large_image_transport()
     h, w = args.size
@@ -947,6 +948,9 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
         "true_distance_m": float(np.median(truth)) if truth else None,
         "mean_distance_m": float(known.mean()) if len(known) else None,
         "jitter_std_um": float(known.std() * 1e6) if len(known) > 1 else None,
+        # Neighbouring filtered distances are correlated: blocks of them are resampled.
+        "jitter_std_ci95_um": block_bootstrap_ci(known * 1e6, lambda a: a.std(-1)),
+        "correlation_frames": correlation_length(known) if len(known) > 2 else None,
         "step_std_um": float(np.diff(known).std() * 1e6) if len(known) > 2 else None,
         "rate_hz": float(len(got["range"]) / wall) if wall > 0 else None,
         "latency_ms_p50": float(np.median(lat)) if lat else None,
@@ -954,6 +958,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
         "masks": values.get("masks"),
         "device": values.get("device"),
         "config": sim,
+        "distances_m": [float(x) if np.isfinite(x) else None for x in d],
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -965,7 +970,8 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
     if out["jitter_std_um"] is not None:
         print(
             f"  mean {out['mean_distance_m'] * 1e3:.4f} mm vs true "
-            f"{out['true_distance_m'] * 1e3:.4f} mm; jitter (std) {out['jitter_std_um']:.1f} um, "
+            f"{out['true_distance_m'] * 1e3:.4f} mm; jitter (std) {out['jitter_std_um']:.1f} um "
+            f"{_ci(out['jitter_std_ci95_um'])} (95 %, blocks of neighbouring frames), "
             f"frame-to-frame step std {out['step_std_um']:.1f} um; latency p50 "
             f"{out['latency_ms_p50']:.0f} ms"
         )

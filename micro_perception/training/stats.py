@@ -10,6 +10,10 @@ to say whether a change measured better on the same frames or only differently.
 * :func:`paired_bootstrap_ci`: the same for the difference of a statistic between two methods
   on the same frames (each resample takes both methods' values of the same frames, so what
   varies between frames cancels);
+* :func:`block_bootstrap_ci`: the same for a time series whose neighbours are correlated (a
+  filtered distance, frame after frame): blocks of consecutive values are resampled, longer
+  than the series' correlation, so the interval is not made narrow by counting one slow wander
+  as many independent frames;
 * :func:`binomial_ci`: the exact (Clopper-Pearson) interval of a rate of k events in n trials.
 """
 
@@ -65,6 +69,46 @@ def paired_bootstrap_ci(
     stat = stat or (lambda x: x.mean(-1))
     idx = np.random.default_rng(seed).integers(0, a.size, (resamples, a.size))
     return _percentile_interval(stat(b[idx]) - stat(a[idx]), level)
+
+
+def correlation_length(values, cutoff: float = 0.1) -> int:
+    """The first lag (>= 1) at which the series' sample autocorrelation falls below
+    ``cutoff``; the series' length when it never does."""
+    v = np.asarray(values, np.float64)
+    v = v - v.mean()
+    denom = float(v @ v)
+    if v.size < 3 or denom == 0.0:
+        return 1
+    for lag in range(1, v.size):
+        if float(v[:-lag] @ v[lag:]) / denom < cutoff:
+            return lag
+    return v.size
+
+
+def block_bootstrap_ci(
+    values,
+    stat: Callable[[np.ndarray], np.ndarray] | None = None,
+    block: int | None = None,
+    level: float = 0.95,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, float] | None:
+    """Moving-block bootstrap interval of ``stat`` over a series; ``block`` defaults to twice
+    its correlation length, at least the cube root of its length (and 2). None for fewer than
+    four values or a block as long as the series."""
+    v = np.asarray(values, np.float64)
+    n = v.size
+    if n < 4:
+        return None
+    if block is None:
+        block = max(2, 2 * correlation_length(v), round(n ** (1 / 3)))
+    if block >= n:
+        return None
+    stat = stat or (lambda a: a.mean(-1))
+    k = -(-n // block)
+    starts = np.random.default_rng(seed).integers(0, n - block + 1, (resamples, k))
+    idx = (starts[..., None] + np.arange(block)).reshape(resamples, k * block)[:, :n]
+    return _percentile_interval(stat(v[idx]), level)
 
 
 def p95(a: np.ndarray) -> np.ndarray:
