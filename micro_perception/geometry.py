@@ -48,6 +48,9 @@ class GeometryConfig:
     # Enclosed holes in the mask up to this area (m^2, about 100 px at 512x512) are a network's
     # cracks (a light pipe's end against its glow), not the gap between jaws, and are filled.
     max_hole_area: float = 2.5e-8
+    # A stretch of shaft the mask lost (vessels crossing behind a thin shaft) up to this long
+    # (m) is bridged when the pieces beyond it lie on the shaft's axis, inside its width.
+    max_gap: float = 1.0e-3
     contact_tolerance: float = 1.0e-3  # m inside the retina still read as contact (0), not unknown
     retina_margin_px: int = 10  # excluded around the instrument (mixed pixels, its shadow edge)
     min_confidence: float = 0.2  # stereo confidence a retina point needs
@@ -95,6 +98,8 @@ class GeometryConfig:
             raise InputError("min_instrument_px must be >= 1 and min_retina_points >= 10")
         if not 0 < self.ransac_threshold < 1e-3:
             raise InputError(f"ransac_threshold must be in (0, 1 mm), got {self.ransac_threshold}")
+        if self.max_gap < 0:
+            raise InputError(f"max_gap must be >= 0 m, got {self.max_gap}")
         if self.shaft_length <= 0 or self.shaft_start < 0:
             raise InputError("shaft_length must be > 0 and shaft_start >= 0")
         if self.refit_residual <= 0 or self.straight_row_tol_px <= 0:
@@ -353,6 +358,58 @@ def _largest_component(
     return None
 
 
+def _join_collinear(comp, hard, centroid, axis, width: float, max_gap_px: float) -> np.ndarray:
+    """``comp`` joined with the mask's other pieces that continue it along its axis, inside
+    the shaft's width, across a gap of at most ``max_gap_px``, and the gaps filled across that
+    width; ``comp`` itself when there are none. A network can lose a stretch of a thin shaft
+    where vessels cross behind it: the tip was then read at the break, millimetres short."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(hard.astype(np.uint8), connectivity=8)
+    if n <= 2 or max_gap_px <= 0:
+        return comp
+    normal = np.array([-axis[1], axis[0]])
+    half = width / 2 + 1.5
+    pieces = []
+    for i in range(1, n):
+        x, y, w, h = stats[i, :4]
+        vv, uu = np.nonzero(labels[y : y + h, x : x + w] == i)
+        rel = np.stack([uu + x, vv + y], 1) - centroid
+        if np.percentile(np.abs(rel @ normal), 95) <= half:
+            pieces.append((i, rel @ axis, uu + x, vv + y))
+    v, u = np.nonzero(comp)
+    along = (np.stack([u, v], 1) - centroid) @ axis
+    lo, hi = along.min(), along.max()
+    out, gaps = comp, []
+    grew = True
+    while grew:
+        grew = False
+        for k, (_, s, uu, vv) in enumerate(pieces):
+            if s.min() > hi and s.min() - hi <= max_gap_px:
+                gaps.append((hi, s.min()))
+            elif s.max() < lo and lo - s.max() <= max_gap_px:
+                gaps.append((s.max(), lo))
+            else:
+                continue
+            out = out.copy() if out is comp else out
+            out[vv, uu] = True
+            lo, hi = min(lo, s.min()), max(hi, s.max())
+            pieces.pop(k)
+            grew = True
+            break
+    if out is comp:
+        return comp
+    h, w = comp.shape
+    for a, b in gaps:
+        ends = np.array([centroid + a * axis, centroid + b * axis])
+        x0, y0 = np.floor(ends.min(0) - half).astype(int)
+        x1, y1 = np.ceil(ends.max(0) + half).astype(int) + 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        rel = np.stack([xx, yy], -1) - centroid
+        fill = (np.abs(rel @ normal) <= width / 2) & (rel @ axis >= a) & (rel @ axis <= b)
+        out[y0:y1, x0:x1] |= fill
+    return out
+
+
 def _fill_holes(comp: np.ndarray, max_px: float) -> np.ndarray:
     """``comp`` with its enclosed background holes of at most ``max_px`` pixels filled."""
     if max_px < 1:
@@ -437,6 +494,11 @@ def _find_instrument(hard, soft, px_per_m: float, cfg: GeometryConfig):
     line = _centre_line(comp, abs(axis[0]) >= abs(axis[1]), soft)
     if line is not None:
         centroid, axis, width = line
+        joined = _join_collinear(comp, hard, centroid, axis, width, cfg.max_gap * px_per_m)
+        if joined is not comp:
+            comp = joined
+            v, u = np.nonzero(comp)
+            pts = np.stack([u, v], 1).astype(np.float64)
     else:  # too short to scan: the principal axis and the extent across it
         t = (pts - centroid) @ np.array([-axis[1], axis[0]])
         width = float(np.percentile(t, 95) - np.percentile(t, 5)) + 1.0

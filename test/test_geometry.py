@@ -219,6 +219,44 @@ def test_a_crack_in_the_mask_is_filled_but_the_gap_between_jaws_is_not():
     assert not open_jaws.mask[150, 160]
 
 
+def test_a_stretch_of_shaft_the_mask_lost_is_bridged_only_on_the_shafts_axis():
+    import cv2
+
+    mask = np.zeros((300, 400), np.uint8)
+    direction = np.array([np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))])  # tip -> shaft
+    tip = np.array([60.0, 80.0])
+    centre = tip + 12 * direction
+    end = tip + 600 * direction
+    cv2.line(mask, tuple(np.rint(centre).astype(int)), tuple(np.rint(end).astype(int)), 1, 24)
+    cv2.circle(mask, tuple(np.rint(centre).astype(int)), 12, 1, -1)
+    whole = find_instrument(mask, 64000.0)
+    assert np.linalg.norm(whole.tip_px - tip) < 1.5
+
+    def cut(m, start, stop):
+        # Blank the shaft between start and stop px from the tip, as a lost stretch.
+        out = m.copy()
+        a, b = tip + start * direction, tip + stop * direction
+        cv2.line(out, tuple(np.rint(a).astype(int)), tuple(np.rint(b).astype(int)), 0, 30)
+        return out
+
+    # 40 px (0.6 mm) lost 60 px behind the tip: the tip piece is smaller than the shaft piece.
+    lost = cut(mask, 60, 100)
+    bridged = find_instrument(lost, 64000.0)
+    assert np.linalg.norm(bridged.tip_px - tip) < 1.5
+    assert bridged.mask[tuple(np.rint(tip + 80 * direction).astype(int))[::-1]]  # gap filled
+    assert bridged.radius_px == pytest.approx(whole.radius_px, abs=0.5)
+    unbridged = find_instrument(lost, 64000.0, GeometryConfig(max_gap=0.0))
+    assert np.linalg.norm(unbridged.tip_px - tip) > 95  # at the break
+    # A longer loss (1.25 mm) is not bridged: the tip is read at the break.
+    far = find_instrument(cut(mask, 60, 140), 64000.0)
+    assert np.linalg.norm(far.tip_px - tip) > 135
+    # A blob beside the axis beyond the tip is not the shaft's continuation.
+    beside = mask.copy()
+    off = tip - 30 * direction + 30 * np.array([-direction[1], direction[0]])
+    cv2.circle(beside, tuple(np.rint(off).astype(int)), 10, 1, -1)
+    assert np.linalg.norm(find_instrument(beside, 64000.0).tip_px - tip) < 1.5
+
+
 def test_the_end_point_of_jaws_along_the_rows_is_matched_between_views(optics):
     """Jaws lying along the image rows: their runs' centres carry no disparity, their extreme
     point does (here the right view's ends 7 px further left, on the same rows)."""
