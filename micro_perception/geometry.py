@@ -334,13 +334,17 @@ def _retina_pixels(depth, instrument, confidence, cfg: GeometryConfig):
 # --- instrument in the image -----------------------------------------------------------------
 
 
-def _largest_component(
-    mask: np.ndarray, min_px: int, min_elongation: float = 0.0
-) -> np.ndarray | None:
-    """The largest connected component of at least ``min_px`` pixels whose length is at least
-    ``min_elongation`` times its width (an instrument is long; the optic disc, a highlight or a
-    speck a segmentation mistakes for one are not)."""
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+def _components(mask: np.ndarray):
+    """(count, labels, stats) of the mask's 8-connected components, background included."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return n, labels, stats
+
+
+def _largest_component(components, min_px: int, min_elongation: float = 0.0) -> np.ndarray | None:
+    """The largest connected component (of ``_components``) of at least ``min_px`` pixels whose
+    length is at least ``min_elongation`` times its width (an instrument is long; the optic
+    disc, a highlight or a speck a segmentation mistakes for one are not)."""
+    _, labels, stats = components
     for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA]):
         if stats[i, cv2.CC_STAT_AREA] < min_px:
             return None
@@ -352,18 +356,19 @@ def _largest_component(
             ev = np.linalg.eigvalsh(np.cov(np.stack([u, v]).astype(np.float64)))
             if ev[0] > 0 and np.sqrt(ev[1] / ev[0]) < min_elongation:
                 continue
-        comp = np.zeros(mask.shape, bool)
+        comp = np.zeros(labels.shape, bool)
         comp[y : y + h, x : x + w] = box
         return comp
     return None
 
 
-def _join_collinear(comp, hard, centroid, axis, width: float, max_gap_px: float) -> np.ndarray:
-    """``comp`` joined with the mask's other pieces that continue it along its axis, inside
-    the shaft's width, across a gap of at most ``max_gap_px``, and the gaps filled across that
-    width; ``comp`` itself when there are none. A network can lose a stretch of a thin shaft
-    where vessels cross behind it: the tip was then read at the break, millimetres short."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(hard.astype(np.uint8), connectivity=8)
+def _join_collinear(comp, components, centroid, axis, width: float, max_gap_px: float):
+    """``comp`` joined with the mask's other pieces (``_components``) that continue it along
+    its axis, inside the shaft's width, across a gap of at most ``max_gap_px``, and the gaps
+    filled across that width; ``comp`` itself when there are none. A network can lose a stretch
+    of a thin shaft where vessels cross behind it: the tip was then read at the break,
+    millimetres short."""
+    n, labels, stats = components
     if n <= 2 or max_gap_px <= 0:
         return comp
     normal = np.array([-axis[1], axis[0]])
@@ -482,7 +487,8 @@ def find_instrument(mask: np.ndarray, px_per_m: float, cfg: GeometryConfig | Non
 
 def _find_instrument(hard, soft, px_per_m: float, cfg: GeometryConfig):
     """find_instrument on a mask already split by soft_mask."""
-    comp = _largest_component(hard, cfg.min_instrument_px, cfg.min_elongation)
+    components = _components(hard)
+    comp = _largest_component(components, cfg.min_instrument_px, cfg.min_elongation)
     if comp is None:
         return None
     comp = _fill_holes(comp, cfg.max_hole_area * px_per_m**2)
@@ -494,7 +500,7 @@ def _find_instrument(hard, soft, px_per_m: float, cfg: GeometryConfig):
     line = _centre_line(comp, abs(axis[0]) >= abs(axis[1]), soft)
     if line is not None:
         centroid, axis, width = line
-        joined = _join_collinear(comp, hard, centroid, axis, width, cfg.max_gap * px_per_m)
+        joined = _join_collinear(comp, components, centroid, axis, width, cfg.max_gap * px_per_m)
         if joined is not comp:
             comp = joined
             v, u = np.nonzero(comp)
