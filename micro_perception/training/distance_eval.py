@@ -129,18 +129,13 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
         sel = [(r["measured_m"] - r["true_m"]) * 1e6 for r in mine if np.isfinite(r["measured_m"])]
         by_instrument[kind] = _stats(sel) | {"tip_detect": len(sel) / len(mine)}
     margins = {}  # "0": the alert as set
-    counts = {}
     for um in MARGINS_UM:
-        on = alert_distance + um * 1e-6
-        c = [r["measured_m"] < on for r in rows if r["true_m"] < alert_distance]
-        f = [r["measured_m"] < on for r in rows if not r["true_m"] < alert_distance]
+        c = _alert_counts(rows, alert_distance, alert_distance + um * 1e-6)
         margins[str(um)] = {
-            "miss": (c.count(False) / len(c)) if c else None,
-            "false_alarm": (sum(f) / len(f)) if f else None,
+            "miss": (c["missed"] / c["close"]) if c["close"] else None,
+            "false_alarm": (c["false_alarms"] / c["not_close"]) if c["not_close"] else None,
         }
-        if um == 0:
-            counts = {"close": len(c), "missed": c.count(False), "not_close": len(f)}
-            counts["false_alarms"] = sum(f)
+    counts = _alert_counts(rows, alert_distance)
     worst = max((r["measured_m"] for r in rows if r["true_m"] < alert_distance), default=None)
     tips = [r["tip_error_um"] for r in measured if r["tip_error_um"] is not None]
     summary = _stats(err)
@@ -155,8 +150,7 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
         "by_instrument": by_instrument,
         "false_alarm": margins["0"]["false_alarm"],
         "miss": margins["0"]["miss"],
-        "false_alarm_ci95": binomial_ci(counts["false_alarms"], counts["not_close"]),
-        "miss_ci95": binomial_ci(counts["missed"], counts["close"]),
+        **_alert_intervals(counts),
         "alert_counts": counts,
         "alert_margins": margins,
         "margin_for_no_miss_um": (
@@ -192,6 +186,29 @@ def load_frames(path: str | Path) -> list[dict]:
             f"{path} is not an `eval distance --frames` file (a list of rows with {sorted(keys)})"
         )
     return rows
+
+
+def _alert_counts(rows: list[dict], alert_distance: float, on: float | None = None) -> dict:
+    """The alert, on where the measured distance is below ``on`` (default: ``alert_distance``),
+    frame by frame against the truth (closer than ``alert_distance``): how many frames were
+    close and missed, and not close and alarmed."""
+    on = alert_distance if on is None else on
+    close = [r["measured_m"] < on for r in rows if r["true_m"] < alert_distance]
+    far = [r["measured_m"] < on for r in rows if not r["true_m"] < alert_distance]
+    return {
+        "close": len(close),
+        "missed": close.count(False),
+        "not_close": len(far),
+        "false_alarms": sum(far),
+    }
+
+
+def _alert_intervals(counts: dict) -> dict:
+    """Exact 95 % intervals of the miss and false-alarm rates of ``_alert_counts``."""
+    return {
+        "false_alarm_ci95": binomial_ci(counts["false_alarms"], counts["not_close"]),
+        "miss_ci95": binomial_ci(counts["missed"], counts["close"]),
+    }
 
 
 def _alert_wrong(row: dict, alert_distance: float) -> bool:
@@ -255,19 +272,8 @@ def compare_frames(base: list[dict], new: list[dict], alert_distance: float = 0.
     ]
 
     def alert(side: int) -> dict:
-        rows = [pair[side] for pair in shared]
-        close = [r for r in rows if r["true_m"] < alert_distance]
-        far = [r for r in rows if not r["true_m"] < alert_distance]
-        missed = sum(not r["measured_m"] < alert_distance for r in close)
-        false_alarms = sum(r["measured_m"] < alert_distance for r in far)
-        return {
-            "missed": missed,
-            "close": len(close),
-            "miss_ci95": binomial_ci(missed, len(close)),
-            "false_alarms": false_alarms,
-            "not_close": len(far),
-            "false_alarm_ci95": binomial_ci(false_alarms, len(far)),
-        }
+        counts = _alert_counts([pair[side] for pair in shared], alert_distance)
+        return counts | _alert_intervals(counts)
 
     fixed, broken = [], []
     for a, b in shared:
