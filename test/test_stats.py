@@ -116,11 +116,13 @@ def test_compare_refuses_frames_of_different_data(tmp_path):
 def test_eval_compare_command(tmp_path, cli_json, run_cli):
     base = _frames()
     new = [dict(r, measured_m=r["true_m"]) for r in base]  # exact: better on every frame
+    new[0] = dict(new[0], measured_m=float("inf"))  # and one frame only the base measured
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(base))
     b.write_text(json.dumps(new))
     out = cli_json("eval", "compare", str(a), str(b))
-    assert out["verdict"] == "better" and out["paired"] == len(base)
+    assert out["verdict"] == "better" and out["paired"] == len(base) - 1
+    assert out["measured_by_base_only"] == 1 and out["measured_by_new_only"] == 0
     assert out["new_mae_um"] == 0.0
     text = run_cli("eval", "compare", str(a), str(b)).stdout
     assert "better" in text and "MAE" in text

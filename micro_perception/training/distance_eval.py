@@ -285,11 +285,14 @@ def compare_frames(base: list[dict], new: list[dict], alert_distance: float = 0.
         "only_in_base": len(base) - len(shared),
         "only_in_new": len(new) - len(shared),
         "paired": len(both),
+        # Python ints: numpy's bools sum to numpy ints, which json cannot write.
         "measured_by_base_only": sum(
-            np.isfinite(a["measured_m"]) and not np.isfinite(b["measured_m"]) for a, b in in_range
+            bool(np.isfinite(a["measured_m"]) and not np.isfinite(b["measured_m"]))
+            for a, b in in_range
         ),
         "measured_by_new_only": sum(
-            np.isfinite(b["measured_m"]) and not np.isfinite(a["measured_m"]) for a, b in in_range
+            bool(np.isfinite(b["measured_m"]) and not np.isfinite(a["measured_m"]))
+            for a, b in in_range
         ),
         "base_mae_um": float(ea.mean()) if len(ea) else None,
         "new_mae_um": float(eb.mean()) if len(eb) else None,
