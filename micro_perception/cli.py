@@ -876,6 +876,8 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
         tip_crops=args.tip_crops,
         edge_weight=args.edge_weight,
         edge_band=args.edge_band,
+        tip_weight=args.tip_weight,
+        tip_radius=args.tip_radius,
         **_training_kwargs(args),
     )
     _print_training(train_segment(cfg))
@@ -1619,6 +1621,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="loss weight of pixels near the true outline, where the distance is read",
     )
     p.add_argument("--edge-band", type=int, default=2, help="px either side of the outline")
+    p.add_argument(
+        "--tip-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of pixels near the true working end, where the mask must stop",
+    )
+    p.add_argument("--tip-radius", type=int, default=24, help="px around the working end")
     p.add_argument(
         "--widths",
         type=int,

@@ -208,6 +208,37 @@ def test_tip_crops_centre_the_instrument_working_end():
         SegmentTrainConfig(data="d", bright_crops=0.5, tip_crops=0.6)
 
 
+def test_tip_weight_stresses_the_disc_around_the_working_end_only():
+    import cv2
+
+    from micro_perception.errors import InputError
+    from micro_perception.training.segment_train import SegmentCrops, SegmentTrainConfig
+
+    mask = np.zeros((64, 64), np.float32)
+    cv2.rectangle(mask, (28, 0), (35, 40), 1.0, -1)  # enters at the top, ends at row 40
+    item = {"image": np.zeros((64, 64, 3), np.uint8), "mask": mask}
+    crops = SegmentCrops([item], 64, 4, seed=0, tip_weight=5.0, tip_radius=6)
+    tip = crops.tips[0]
+    assert abs(tip[1] - 40) <= 1.5 and abs(tip[0] - 31.5) <= 1.5
+    for i in range(4):
+        _, target, weight = crops[i]
+        target, weight = target[0].numpy(), weight[0].numpy()
+        # Turned and flipped with the mask: the heavy disc stays at the shaft's free end.
+        heavy = np.argwhere(weight == 5.0)
+        assert 100 <= len(heavy) <= 130 and np.all((weight == 1.0) | (weight == 5.0))
+        centre = heavy.mean(axis=0)
+        ends = np.argwhere(target > 0)
+        assert np.linalg.norm(ends - centre, axis=1).min() <= 2.0  # centred on the end
+        far = ends[np.argmax(np.linalg.norm(ends - centre, axis=1))]
+        assert np.linalg.norm(far - centre) > 30  # the disc is at one end, not the middle
+        assert np.any(target[heavy[:, 0], heavy[:, 1]] == 0)  # background beyond the end too
+    empty = {"image": item["image"], "mask": np.zeros_like(mask)}
+    _, _, plain = SegmentCrops([empty], 64, 1, seed=0, tip_weight=5.0)[0]
+    assert torch.all(plain == 1.0)
+    with pytest.raises(InputError, match="tip_weight"):
+        SegmentTrainConfig(data="d", tip_weight=0.5)
+
+
 def test_edge_weight_stresses_the_outline_band_only():
     import cv2
 

@@ -48,6 +48,12 @@ class SegmentTrainConfig(TrainConfigBase):
     # where the edges lie, a thin share of any crop's pixels.
     edge_weight: float = 1.0
     edge_band: int = 2
+    # BCE weight of every pixel within tip_radius px of the true working end, instrument and
+    # background alike: where the mask stops there is the distance (a light pipe's white end
+    # face against its glow), a few hundred pixels that neither crops nor the outline band
+    # made count.
+    tip_weight: float = 1.0
+    tip_radius: int = 24
     net: SegNetConfig = field(default_factory=SegNetConfig)
 
     def __post_init__(self):
@@ -62,6 +68,11 @@ class SegmentTrainConfig(TrainConfigBase):
             raise InputError(
                 f"edge_weight must be >= 1 and edge_band >= 1 px, got {self.edge_weight} and "
                 f"{self.edge_band}"
+            )
+        if self.tip_weight < 1.0 or self.tip_radius < 1:
+            raise InputError(
+                f"tip_weight must be >= 1 and tip_radius >= 1 px, got {self.tip_weight} and "
+                f"{self.tip_radius}"
             )
         if not 0.0 <= self.tip_crops <= 1.0 - self.bright_crops:
             raise InputError(
@@ -109,7 +120,9 @@ class SegmentCrops(RandomCrops):
     """Random crops of in-memory images and their masks, turned and flipped alike, with
     photometric jitter, blur and noise on the image, and a per-pixel loss weight. A share
     ``bright_crops`` of the crops is centred on bright background where an image has some, a
-    share ``tip_crops`` near the instrument's tip (within a quarter crop) where it has one."""
+    share ``tip_crops`` near the instrument's tip (within a quarter crop) where it has one.
+    The loss weight is raised on bright background, the outline band and the disc around the
+    tip by ``bright_weight``, ``edge_weight`` and ``tip_weight``."""
 
     def __init__(
         self,
@@ -123,8 +136,12 @@ class SegmentCrops(RandomCrops):
         tip_crops=0.0,
         edge_weight=1.0,
         edge_band=2,
+        tip_weight=1.0,
+        tip_radius=24,
     ):
         super().__init__(items, crop, repeat, seed)
+        self.tip_weight = tip_weight
+        self.tip_radius = tip_radius
         self.bright_weight = bright_weight
         self.edge_weight = edge_weight
         self.edge_band = edge_band
@@ -132,7 +149,8 @@ class SegmentCrops(RandomCrops):
         self.tip_crops = tip_crops
         self.bright = [bright_background(it, bright_level) for it in items]
         self.bright_px = [np.argwhere(b)[::7] for b in self.bright]  # centres to draw from
-        self.tips = [working_end(it) if tip_crops > 0 else None for it in items]
+        wants_tip = tip_crops > 0 or tip_weight > 1
+        self.tips = [working_end(it) if wants_tip else None for it in items]
 
     def _centred(self, item, y, x):
         h, w = self.size_of(item)
@@ -161,6 +179,11 @@ class SegmentCrops(RandomCrops):
         weight = 1.0 + (self.bright_weight - 1.0) * self.bright[i % len(self.items)][rows, cols]
         if self.edge_weight > 1.0:
             weight = weight + (self.edge_weight - 1.0) * outline_band(mask, self.edge_band)
+        tip = self.tips[i % len(self.items)]
+        if self.tip_weight > 1.0 and tip is not None:
+            dy = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] - tip[1]
+            dx = np.arange(cols.start, cols.stop, dtype=np.float32)[None, :] - tip[0]
+            weight = weight + (self.tip_weight - 1.0) * (dx * dx + dy * dy <= self.tip_radius**2)
         turns = int(rng.integers(0, 4))
         image, mask, weight = (np.rot90(a, turns) for a in (image, mask, weight))
         if rng.uniform() < 0.5:
@@ -242,7 +265,7 @@ def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
         items = load_masked_images(cfg.data, cfg.input, device=str(device))
         val = load_masked_images(cfg.val, cfg.input, cfg.val_limit, str(device)) if cfg.val else []
 
-        weighted = cfg.bright_weight > 1 or cfg.edge_weight > 1
+        weighted = cfg.bright_weight > 1 or cfg.edge_weight > 1 or cfg.tip_weight > 1
 
         def step(model, batch, rng):
             image, mask, weight = batch
@@ -270,12 +293,14 @@ def train_segment(cfg: SegmentTrainConfig, progress: bool = True) -> dict:
                 cfg.crop,
                 cfg.crops_per_frame,
                 cfg.seed,
-                cfg.bright_weight,
-                cfg.bright_crops,
-                cfg.bright_level,
-                cfg.tip_crops,
-                cfg.edge_weight,
-                cfg.edge_band,
+                bright_weight=cfg.bright_weight,
+                bright_crops=cfg.bright_crops,
+                bright_level=cfg.bright_level,
+                tip_crops=cfg.tip_crops,
+                edge_weight=cfg.edge_weight,
+                edge_band=cfg.edge_band,
+                tip_weight=cfg.tip_weight,
+                tip_radius=cfg.tip_radius,
             ),
             step=step,
             validate=validate if val else None,
