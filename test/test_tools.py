@@ -24,6 +24,7 @@ def test_the_segmentation_training_script_runs_end_to_end_on_the_cpu(tmp_path):
         BATCH="4",
         TRAIN_BUDGET="3",
         WIDTHS="4 8",
+        TIP_WEIGHT="5",
         # The script runs python3: this interpreter's, with the package.
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )

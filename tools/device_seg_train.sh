@@ -23,6 +23,7 @@ CROP=${CROP:-256}  # training crops, px
 BATCH=${BATCH:-16}
 TRAIN_BUDGET=${TRAIN_BUDGET:-240}
 WIDTHS=${WIDTHS:-16 24 32 48 64}
+TIP_WEIGHT=${TIP_WEIGHT:-1}  # 5: the loss weight of the tip's disc (models/segmentation.md)
 # shellcheck source=tools/device_env.sh
 . tools/device_env.sh
 stamp "machine"
@@ -45,8 +46,8 @@ stamp "train segment: widths $WIDTHS, fused inputs, $TRAIN_BUDGET s budget"
 timeout $((TRAIN_BUDGET + 240)) $MP train segment --data "$WORK/train" --val "$WORK/val" \
   --out "$WORK/seg_new.pt" --input fused --widths $WIDTHS --epochs 60 --batch "$BATCH" \
   --size "$CROP" --crops-per-frame 2 --lr 3e-3 --tip-crops 0.4 --bright-crops 0.1 --bright-weight 3 \
-  --workers 4 $AMP --time-budget "$TRAIN_BUDGET" --device "$DEVICE" 2>"$WORK/train.err" \
-  > "$OUT/train_seg.json"
+  --tip-weight "$TIP_WEIGHT" --workers 4 $AMP --time-budget "$TRAIN_BUDGET" --device "$DEVICE" \
+  2>"$WORK/train.err" > "$OUT/train_seg.json"
 grep -v "it/s\]" "$WORK/train.err" | tail -20
 tail -c 1500 "$OUT/train_seg.json"
 cp "$WORK/seg_new.pt" "$OUT/seg_new.pt" && ls -l "$OUT/seg_new.pt"
