@@ -183,3 +183,31 @@ def test_gaps_cover_small_distances_log_uniformly():
     # Log-uniform on [0.05, 3] mm: about a third of draws per decade-ish band.
     assert 0.2 < np.mean(logs < np.log10(0.2)) < 0.5
     assert gaps.min() >= 0.05e-3 - 1e-9 and gaps.max() <= 3e-3 + 1e-9
+
+
+def test_sensor_noise_of_a_sweep_does_not_repeat_within_a_long_run():
+    from types import SimpleNamespace
+
+    from micro_perception.sim.sequence import SequencePlayer
+
+    # A stand-in sequence: one pose of four flat grey 32x32 slices per eye.
+    slices = np.full((4, 32, 32, 3), 128, np.uint8)
+    pose = SimpleNamespace(left_slices=slices, right_slices=slices)
+    seq = SimpleNamespace(
+        poses=[pose], config=SimpleNamespace(slices=4), focus_distances=np.zeros(4)
+    )
+
+    def player(seed):
+        return SequencePlayer(seq, sweep_rate=1.0, period=1e6, frame_noise=1.5, seed=seed)
+
+    first = player(0)
+    # 300 sweeps, as in `eval hover`: every sweep's noise is its own (fixed shift strides used
+    # to repeat it every 8 sweeps at this size, every 128 at 512x512).
+    sweeps = {
+        b"".join(first.frame(4 * s + i).left.tobytes() for i in range(4)) for s in range(300)
+    }
+    assert len(sweeps) == 300
+    f = first.frame(77)
+    assert not np.array_equal(f.left, f.right)  # the eyes' sensors are not the same
+    assert np.array_equal(player(0).frame(77).left, f.left)  # deterministic per seed
+    assert not np.array_equal(player(1).frame(77).left, f.left)
