@@ -86,6 +86,14 @@ class GeometryConfig:
     # stretched, and errors both views share (a shadow, a vessel under the edge) cancel in
     # the rows' disparities but not in lines fit to each view.
     edge_lines_min_angle_deg: float = 45.0
+    # Between this angle and edge_lines_min_angle_deg, a bent axis is first refit on row centres
+    # repaired from each view's edge lines: a row whose one edge left its line (the network lost
+    # a stretch of that edge against the optic disc) takes its centre from the other edge. Not on
+    # flatter shafts, whose long runs stretch the edges' errors. Only where both views' lines give
+    # the shaft's radius to within edge_repair_radius_tol_px: a view whose lines are narrower lost
+    # an edge along most of the shaft, and which edge is not known.
+    edge_repair_min_angle_deg: float = 25.0
+    edge_repair_radius_tol_px: float = 0.8
     max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
     # Instruments enter through the pars plana, this far (deg) from the posterior pole: the
     # slope of a shaft lying along the image rows, which stereo cannot see, is the one that
@@ -107,6 +115,10 @@ class GeometryConfig:
         if not 0 < self.edge_lines_min_angle_deg <= 90:
             raise InputError(
                 f"edge_lines_min_angle_deg must be in (0, 90], got {self.edge_lines_min_angle_deg}"
+            )
+        if not 0 < self.edge_repair_min_angle_deg <= 90 or self.edge_repair_radius_tol_px <= 0:
+            raise InputError(
+                "edge_repair_min_angle_deg must be in (0, 90] and edge_repair_radius_tol_px > 0"
             )
 
 
@@ -679,11 +691,45 @@ def shaft_from_silhouettes(
         return None
     point, d3, residual = fit
     if residual > cfg.refit_residual:
-        straight = _rows_on_lines(rows, zip(centres, (left, right), strict=True), use, cfg)
-        refit = _shaft_line(pair, centres, rows, straight, cfg)
+        refit = None
+        repair = np.sin(np.deg2rad(cfg.edge_repair_min_angle_deg))
+        if min(abs(left.direction[1]), abs(right.direction[1])) >= repair:
+            repaired = _centres_from_edge_lines(rows, edges, (left, right), centres, use, cfg)
+            if repaired is not None:
+                refit = _shaft_line(pair, repaired[0], rows, repaired[1], cfg)
+        if refit is None or refit[2] >= 0.5 * residual:
+            straight = _rows_on_lines(rows, zip(centres, (left, right), strict=True), use, cfg)
+            refit = _shaft_line(pair, centres, rows, straight, cfg)
         if refit is not None and refit[2] < 0.5 * residual:
             point, d3, _ = refit
     return point, _orient(d3, left.direction)
+
+
+def _centres_from_edge_lines(rows, edges, views, centres, use, cfg):
+    """Each view's row centres with notched edges repaired, and the rows to use; or None.
+
+    Per view, each edge gets the straight image line most used rows agree on. A row whose one
+    edge lies on its line and the other does not takes its centre from the good edge and the
+    lines' width; a row with neither is left out. A view with too few rows on a line keeps its
+    centres. None where the views' lines disagree on the shaft's radius.
+    """
+    out, keep, radii = [], use.copy(), []
+    for (e0, e1), inst, c in zip(edges, views, centres, strict=True):
+        across = abs(inst.direction[1])
+        tol = cfg.straight_row_tol_px / across
+        on0 = _on_straight_line(rows, e0, use, tol, cfg.seed)
+        on1 = _on_straight_line(rows, e1, use, tol, cfg.seed)
+        if min((use & on0).sum(), (use & on1).sum()) < cfg.min_rows:
+            out.append(c)
+            continue
+        half = (_line_at(rows, e1, use & on1) - _line_at(rows, e0, use & on0)) / 2
+        both = use & on0 & on1
+        radii.append(float(np.median(half[both])) * across if both.any() else np.nan)
+        out.append(np.where(on0 & on1, c, np.where(on0, e0 + half, e1 - half)))
+        keep &= on0 | on1
+    if len(radii) == 2 and not abs(radii[0] - radii[1]) <= cfg.edge_repair_radius_tol_px:
+        return None
+    return out, keep
 
 
 def _shaft_from_edge_lines(pair, edges, rows, use, views, cfg):

@@ -358,6 +358,57 @@ def test_rows_the_network_displaced_are_left_out_of_the_shaft_axis(optics, seed,
         )
 
 
+def _notched(mask, rows, depth_px):
+    """The mask with its right-hand edge eaten away by depth_px[i] pixels on rows[i]."""
+    out = mask.copy()
+    cols = np.arange(mask.shape[1])
+    for r, d in zip(rows, depth_px, strict=True):
+        edge = np.nonzero(mask[r] > 0.5)[0].max()
+        out[r, cols > edge - d] = 0.0
+    return out
+
+
+def test_an_edge_lost_along_the_shaft_in_one_view_is_repaired_from_the_other_edge(optics):
+    """The network loses a stretch of one edge of a shaft 36-40 degrees to the rows (against
+    the optic disc): a notch 6 px deep at its middle over the far 70 % of the axis's rows. Their
+    centres move and bend the axis, and the rows whose centres lie on one line are bent with
+    them; each row's other edge still lies on its straight line, and gives the centre. A notch
+    of constant depth along most of the shaft is a thinner shaft to its view: the two views'
+    radii then disagree, and the repair is not tried."""
+    scene = make_scene(3, optics, kind="needle", gap=0.3e-3)
+    depth, _, _ = exact_views(scene, optics)
+    fine = optics.scaled_to(optics.height * 4, optics.width * 4)
+    left, right = (
+        render_layers(scene, fine, eye)
+        .mask.astype(np.float32)
+        .reshape(optics.height, 4, optics.width, 4)
+        .mean((1, 3))
+        for eye in ("left", "right")
+    )
+    pair = optics.stereo()
+    px_per_m = pair.left.fx / float(np.nanmedian(depth))
+    inst = find_instrument(left, px_per_m)
+    angle = np.degrees(np.arcsin(abs(inst.direction[1])))
+    assert 25.0 <= angle < 45.0
+    clean = measure(pair, depth, left, right).distance_normal
+    v, u = np.nonzero(inst.mask)
+    along = inst.along(u, v) / px_per_m
+    shaft = np.unique(v[(along > 1.6e-3) & (along < 4.6e-3)])
+    rows = shaft[int(0.3 * len(shaft)) :]
+    no_repair = GeometryConfig(edge_repair_min_angle_deg=90.0)
+    arch = 6.0 * np.sin(np.pi * (np.arange(len(rows)) + 0.5) / len(rows))
+    notched = _notched(left, rows, arch)
+    off = measure(pair, depth, notched, right, cfg=no_repair).distance_normal
+    assert abs(off - clean) > 40e-6
+    assert measure(pair, depth, notched, right).distance_normal == pytest.approx(clean, abs=5e-6)
+    stretch = shaft[int(0.2 * len(shaft)) : int(0.8 * len(shaft))]
+    thinner = _notched(left, stretch, np.full(len(stretch), 3.0))
+    assert (
+        measure(pair, depth, thinner, right).distance_normal
+        == measure(pair, depth, thinner, right, cfg=no_repair).distance_normal
+    )
+
+
 def test_a_notch_in_one_view_does_not_make_a_round_end_jaws(optics):
     """A network that misses most of the end in one view (a vitrector's dark port, a shadow)
     leaves a sliver thinner than any blade there. The other view shows the round end, and it
