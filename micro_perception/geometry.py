@@ -658,8 +658,9 @@ def shaft_from_silhouettes(
 ):
     """Axis line from the left and right silhouettes (their straight edges where the shaft is
     steep in the image, else their rows' centres), or None when too flat."""
-    min_sin = np.sin(np.deg2rad(cfg.min_row_angle_deg))
-    if min(abs(left.direction[1]), abs(right.direction[1])) < min_sin:
+    # The sine of the flatter view's angle to the image rows decides which reading applies.
+    slope = min(abs(left.direction[1]), abs(right.direction[1]))
+    if slope < np.sin(np.deg2rad(cfg.min_row_angle_deg)):
         return None
     w = left.mask.shape[1]
     rows = np.arange(left.mask.shape[0], dtype=float)
@@ -681,8 +682,7 @@ def shaft_from_silhouettes(
         centres.append(c)
     if use.sum() < cfg.min_rows:
         return None
-    steep = np.sin(np.deg2rad(cfg.edge_lines_min_angle_deg))
-    if min(abs(left.direction[1]), abs(right.direction[1])) >= steep:
+    if slope >= np.sin(np.deg2rad(cfg.edge_lines_min_angle_deg)):
         fit = _shaft_from_edge_lines(pair, edges, rows, use, (left, right), cfg)
         if fit is not None:
             return fit[0], _orient(fit[1], left.direction)
@@ -692,8 +692,7 @@ def shaft_from_silhouettes(
     point, d3, residual = fit
     if residual > cfg.refit_residual:
         refit = None
-        repair = np.sin(np.deg2rad(cfg.edge_repair_min_angle_deg))
-        if min(abs(left.direction[1]), abs(right.direction[1])) >= repair:
+        if slope >= np.sin(np.deg2rad(cfg.edge_repair_min_angle_deg)):
             repaired = _centres_from_edge_lines(rows, edges, (left, right), centres, use, cfg)
             if repaired is not None:
                 refit = _shaft_line(pair, repaired[0], rows, repaired[1], cfg)

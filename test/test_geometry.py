@@ -182,18 +182,24 @@ def test_a_probability_mask_places_edges_between_pixels():
     assert np.allclose(as_float.tip_px, hard_inst.tip_px)
 
 
+def covered_views(scene, optics):
+    """The left and right masks as covered fractions: rendered at 4x and averaged."""
+    fine = optics.scaled_to(optics.height * 4, optics.width * 4)
+    return tuple(
+        render_layers(scene, fine, eye)
+        .mask.astype(np.float32)
+        .reshape(optics.height, 4, optics.width, 4)
+        .mean((1, 3))
+        for eye in ("left", "right")
+    )
+
+
 def test_probability_masks_give_sub_pixel_disparity_on_the_shaft(optics):
     """The same rendered scene with its masks as covered fractions (rendered at 4x and
     averaged): the silhouette's rows are matched at their sub-pixel centres."""
     scene = make_scene(3, optics, kind="needle", gap=0.3e-3)
     depth, _, _ = exact_views(scene, optics)
-    fine = optics.scaled_to(optics.height * 4, optics.width * 4)
-
-    def covered(eye):
-        m = render_layers(scene, fine, eye).mask.astype(np.float32)
-        return m.reshape(optics.height, 4, optics.width, 4).mean((1, 3))
-
-    m = measure(optics.stereo(), depth, covered("left"), covered("right"))
+    m = measure(optics.stereo(), depth, *covered_views(scene, optics))
     assert m.ok and m.method == "silhouette", m.reason
     assert m.distance_normal == pytest.approx(scene.gap_normal, abs=25e-6)
 
@@ -318,14 +324,7 @@ def test_rows_the_network_displaced_are_left_out_of_the_shaft_axis(optics, seed,
     the clean masks do."""
     scene = make_scene(seed, optics, kind="needle", gap=0.3e-3)
     depth, _, _ = exact_views(scene, optics)
-    fine = optics.scaled_to(optics.height * 4, optics.width * 4)
-    left, right = (
-        render_layers(scene, fine, eye)
-        .mask.astype(np.float32)
-        .reshape(optics.height, 4, optics.width, 4)
-        .mean((1, 3))
-        for eye in ("left", "right")
-    )
+    left, right = covered_views(scene, optics)
     pair = optics.stereo()
     every_row = GeometryConfig(refit_residual=1.0, edge_lines_min_angle_deg=90.0)
     px_per_m = pair.left.fx / float(np.nanmedian(depth))
@@ -377,14 +376,7 @@ def test_an_edge_lost_along_the_shaft_in_one_view_is_repaired_from_the_other_edg
     radii then disagree, and the repair is not tried."""
     scene = make_scene(3, optics, kind="needle", gap=0.3e-3)
     depth, _, _ = exact_views(scene, optics)
-    fine = optics.scaled_to(optics.height * 4, optics.width * 4)
-    left, right = (
-        render_layers(scene, fine, eye)
-        .mask.astype(np.float32)
-        .reshape(optics.height, 4, optics.width, 4)
-        .mean((1, 3))
-        for eye in ("left", "right")
-    )
+    left, right = covered_views(scene, optics)
     pair = optics.stereo()
     px_per_m = pair.left.fx / float(np.nanmedian(depth))
     inst = find_instrument(left, px_per_m)
