@@ -192,10 +192,9 @@ def bench_stages(
     # The geometry as the pipeline runs it: on the probabilities, whose 0.5 crossing places
     # the silhouettes' edges between pixels.
     probs = pipe.segment([left, right])
-    out["geometry"] = timed(
-        lambda: measure(pair, st.depth, probs[0], probs[1], st.confidence), seconds
-    )
-    out["geometry"]["method"] = measure(pair, st.depth, probs[0], probs[1], st.confidence).method
+    args = (pair, st.depth, probs[0], probs[1], st.confidence, None, (left, right))
+    out["geometry"] = timed(lambda: measure(*args), seconds)
+    out["geometry"]["method"] = measure(*args).method
     out["pipeline"] = timed(lambda: pipe(left, right, pair), seconds, device=dev)
     # depth_node's work when nobody subscribes to the depth image or the point cloud.
     out["pipeline_distance_only"] = timed(

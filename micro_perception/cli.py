@@ -494,6 +494,27 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
         help="segment each image as is (1), also mirrored (2, the default: left-right; 4: and "
         "upside down) and average; 2x or 4x the segmentation time",
     )
+    p.add_argument(
+        "--light-pipe-glow",
+        type=float,
+        default=0.35e-3,
+        metavar="M",
+        help="a light pipe's fibre glows this far past its metal sleeve, m (the virtual "
+        "microscope's 0.35 mm; 0: the mask's end is believed)",
+    )
+
+
+def _pipeline_config(args: argparse.Namespace, **kwargs):
+    from micro_perception.depth.pipeline import PipelineConfig
+    from micro_perception.depth.stereo import StereoConfig
+    from micro_perception.geometry import GeometryConfig
+
+    return PipelineConfig(
+        seg_flips=args.seg_flips,
+        stereo=StereoConfig(backend=args.stereo_backend),
+        geometry=GeometryConfig(bright_end_length=args.light_pipe_glow),
+        **kwargs,
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -926,6 +947,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
                 "device": args.device,
                 "seg_flips": args.seg_flips,
                 "stereo_backend": args.stereo_backend,
+                "light_pipe_glow": args.light_pipe_glow,
             },
             done,
             args.timeout,
@@ -1114,15 +1136,10 @@ def _read_calibrated(args: argparse.Namespace, need_right: bool):
 
 
 def _pipeline(args: argparse.Namespace, estimator: str):
-    from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
-    from micro_perception.depth.stereo import StereoConfig
+    from micro_perception.depth.pipeline import DepthPipeline
 
     return DepthPipeline(
-        PipelineConfig(
-            estimator=estimator,
-            seg_flips=args.seg_flips,
-            stereo=StereoConfig(backend=args.stereo_backend),
-        ),
+        _pipeline_config(args, estimator=estimator),
         depth_weights=getattr(args, "weights", None),
         seg_weights=args.seg_weights or "default",
         device=args.device,
@@ -1222,12 +1239,11 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
     """Score the instrument-to-retina distance and the alert against simulated ground truth."""
     from pathlib import Path
 
-    from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
-    from micro_perception.depth.stereo import StereoConfig
+    from micro_perception.depth.pipeline import DepthPipeline
     from micro_perception.training.distance_eval import evaluate_distance
 
     pipe = DepthPipeline(
-        PipelineConfig(seg_flips=args.seg_flips, stereo=StereoConfig(backend=args.stereo_backend)),
+        _pipeline_config(args),
         seg_weights=args.seg_weights or "default",
         device=args.device,
     )

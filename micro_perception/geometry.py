@@ -95,6 +95,13 @@ class GeometryConfig:
     edge_repair_min_angle_deg: float = 25.0
     edge_repair_radius_tol_px: float = 0.8
     max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
+    # A light pipe's fibre glows for this long (m) past the end of its metal sleeve, the
+    # virtual microscope's 0.35 mm; set it to your light pipe's (0: the mask's end is believed).
+    # The glowing end against the glow it casts on the retina has no edge to segment, but the
+    # sleeve's end is a step from grey to white in both views: the working end lies this far
+    # beyond it.
+    bright_end_length: float = 0.35e-3
+    bright_end_contrast: float = 0.15  # of full scale, between the sleeve and the glowing end
     # Instruments enter through the pars plana, this far (deg) from the posterior pole: the
     # slope of a shaft lying along the image rows, which stereo cannot see, is the one that
     # leaves the eye there.
@@ -115,6 +122,11 @@ class GeometryConfig:
         if not 0 < self.edge_lines_min_angle_deg <= 90:
             raise InputError(
                 f"edge_lines_min_angle_deg must be in (0, 90], got {self.edge_lines_min_angle_deg}"
+            )
+        if not 0 <= self.bright_end_length <= 2e-3 or not 0 < self.bright_end_contrast < 1:
+            raise InputError(
+                "bright_end_length must be in [0, 2 mm] and bright_end_contrast in (0, 1), got "
+                f"{self.bright_end_length} and {self.bright_end_contrast}"
             )
         if not 0 < self.edge_repair_min_angle_deg <= 90 or self.edge_repair_radius_tol_px <= 0:
             raise InputError(
@@ -924,6 +936,130 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
     return pts, radius_px
 
 
+def view_uv(pair: StereoPair, points: np.ndarray, view: int) -> np.ndarray:
+    """Image coordinates of 3D points (left optical frame) in the left (0) or right (1) view."""
+    uv = project(pair, points)
+    if view == 1:
+        uv[..., 0] -= pair.disparity_from_depth(points[..., 2])
+    return uv
+
+
+def whiteness(image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: the least of an RGB image's channels (uint8 or float in [0, 1]).
+    White glow is high in all three; grey steel is lower, and the orange fundus low in blue."""
+    img = image.min(axis=2) if image.ndim == 3 else image
+    img = img.astype(np.float32)
+    return img / 255.0 if image.dtype == np.uint8 else img
+
+
+_BRIGHT_STEP = 10e-6  # m between samples along the axis
+_BRIGHT_RUN = 0.15e-3  # m of glowing end the sleeve's step must have beyond it
+_BRIGHT_FROM = -1.6e-3  # m along the axis from the measured end's centre: where sampling starts
+_BRIGHT_SHAFT = (0.9e-3, 1.6e-3)  # m from that centre: plain sleeve, its grey level
+_BRIGHT_AGREE = 60e-6  # m: the two views' steps must agree along the axis
+_BRIGHT_SHORT = -1.3e-3  # m: the mask may stop this far short of the sleeve's end
+_BRIGHT_BEYOND = 0.3e-3  # m: or run on into the glow this far past the working end
+_BRIGHT_FLAT = 0.15e-3  # m: on a flat shaft, a mask's end nearer the step's reading stands
+
+
+def _sample_view(pair, image, points, view) -> np.ndarray | None:
+    """``image`` (H, W) at the projections of 3D points into a view; None if any falls outside."""
+    uv = view_uv(pair, points, view).astype(np.float32)
+    h, w = image.shape
+    if not ((uv >= 0).all() and (uv[..., 0] <= w - 1).all() and (uv[..., 1] <= h - 1).all()):
+        return None
+    flat = uv.reshape(1, -1, 2)
+    out = cv2.remap(image, flat[..., 0], flat[..., 1], cv2.INTER_LINEAR)[0]
+    return out.reshape(uv.shape[:-1])
+
+
+def _sleeve_step(prof, t, shaft, contrast) -> tuple[float, float] | None:
+    """Along one view's profile (sampled at ``t``, the plain sleeve where ``shaft``): where its
+    grey steps up to a glowing end toward the tip, and the level halfway up the step."""
+    n_run = round(_BRIGHT_RUN / _BRIGHT_STEP)
+    grey = float(np.median(prof[shaft]))
+    bright = np.nonzero((prof > grey + contrast) & ~shaft)[0]
+    if len(bright) == 0 or bright[-1] < n_run - 1:
+        return None
+    run = prof[bright[-1] - n_run + 1 : bright[-1] + 1]
+    white = float(np.percentile(run, 75))
+    mid = (grey + white) / 2
+    if white - grey < contrast or (run >= mid).mean() < 0.8:
+        return None
+    j = bright[-1]
+    while j + 1 < len(prof) and prof[j + 1] >= mid:
+        j += 1
+    if j + 1 == len(prof) or shaft[j]:
+        return None
+    # From the step to the plain sleeve, one grey: where the mask stopped short of the sleeve's
+    # end, this is shaft the mask missed, not retina.
+    sleeve = prof[j + 3 :][~shaft[j + 3 :]]
+    if len(sleeve) and (np.abs(sleeve - grey) <= contrast / 2).mean() < 0.9:
+        return None
+    return t[j] + (prof[j] - mid) / max(prof[j] - prof[j + 1], 1e-6) * _BRIGHT_STEP, mid
+
+
+def glowing_end_centre(pair, images, centre, d3, radius, cfg, measured_axis=True):
+    """The centre of a light pipe's rounded glowing end, ``cfg.bright_end_length`` past where
+    its metal sleeve ends; None unless both views show the sleeve's grey stepping to a glowing
+    end across the shaft's whole width. ``centre``, ``d3``: the end and the axis (toward the
+    shaft) the mask gave; ``images``: both views' ``whiteness``.
+
+    Each view is sampled on the shaft's top, the line of its surface facing the camera: there
+    the sleeve's end lies in the image where the axis point's projection would not. On an axis
+    the silhouettes measured, the views' steps must agree along it; on an assumed one (a flat
+    shaft), the step is placed in depth by its own disparity instead."""
+    t = np.arange(_BRIGHT_FROM, _BRIGHT_SHAFT[1], _BRIGHT_STEP)
+    on_axis = centre + t[:, None] * d3
+    shaft = t >= _BRIGHT_SHAFT[0]
+    phi = np.deg2rad(np.linspace(-45, 45, 7))[:, None]
+    found, uv = [], []
+    for view, img in enumerate(images):
+        # The top as this view's camera sees it: the views look at the shaft from angles apart.
+        to_cam = np.array([view * pair.baseline, 0.0, 0.0]) - on_axis
+        up = to_cam - (to_cam @ d3)[:, None] * d3
+        up /= np.linalg.norm(up, axis=1, keepdims=True)
+        side = np.cross(d3, up)
+        if view == 0:
+            up_left = up
+        prof = _sample_view(pair, img, on_axis + radius * up, view)
+        step = None if prof is None else _sleeve_step(prof, t, shaft, cfg.bright_end_contrast)
+        if step is None:
+            return None
+        ts, mid = step
+        # The whole width glows beyond the step and none of it before: not a highlight's streak.
+        across = []
+        for dt in (-_BRIGHT_RUN / 2, _BRIGHT_RUN / 2):
+            k = int(np.argmin(np.abs(t - (ts + dt))))
+            ring = on_axis[k] + radius * (np.cos(phi) * up[k] + np.sin(phi) * side[k])
+            across.append(_sample_view(pair, img, ring, view))
+        if across[0] is None or across[1] is None:
+            return None
+        if across[0].min() < mid or np.median(across[1]) >= mid:
+            return None
+        found.append(ts)
+        k = int(np.argmin(np.abs(t - ts)))  # one physical point of the sleeve's rim in both
+        uv.append(view_uv(pair, centre + ts * d3 + radius * up_left[k], view))
+    ts = float(np.mean(found))
+    if measured_axis:
+        if abs(found[0] - found[1]) > _BRIGHT_AGREE:
+            return None
+        sleeve = centre + ts * d3
+    else:
+        (ul, vl), (ur, vr) = uv
+        z = float(pair.depth_from_disparity(ul - ur))
+        if abs(vl - vr) > cfg.max_tip_row_offset_px or not np.isfinite(z):
+            return None
+        top = back_project(pair, ul, vl, z)
+        k = int(np.argmin(np.abs(t - ts)))
+        sleeve = top - radius * up_left[k]
+        ts = float((sleeve - centre) @ d3)
+    # From a mask that stopped short on the sleeve to one that ran on into the glow.
+    if not _BRIGHT_SHORT <= ts <= cfg.bright_end_length + _BRIGHT_BEYOND:
+        return None
+    return sleeve - cfg.bright_end_length * d3
+
+
 # --- distance --------------------------------------------------------------------------------
 
 
@@ -1021,12 +1157,15 @@ def measure(
     right_mask: np.ndarray | None = None,
     confidence: np.ndarray | None = None,
     cfg: GeometryConfig | None = None,
+    images: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Measurement:
     """The instrument tip, the retina and the gap between them, for one left frame.
 
     ``depth`` is the left depth (m, NaN unknown); ``mask`` and ``right_mask`` the instrument in
     the left and right images, hard or as probabilities (``soft_mask``: a network's edges at
-    sub-pixel precision). Never raises on a bad scene: the result says why it is unknown.
+    sub-pixel precision); ``images`` the left and right images themselves (RGB, uint8 or float
+    in [0, 1]), where a light pipe's glowing end is looked for. Never raises on a bad scene: the
+    result says why it is unknown.
     """
     cfg = cfg or GeometryConfig()
     if depth.ndim != 2:
@@ -1087,6 +1226,29 @@ def measure(
     centre = _axis_through_tip(pair, inst, point, d3, inst.tip_radius_px)
     r_tip = inst.tip_radius_px * centre[2] / pair.left.fx
     radius = inst.radius_px * centre[2] / pair.left.fx
+    thin = inst.tip_radius_px < cfg.thin_end_ratio * inst.radius_px
+    glowing = False
+    # A light pipe: its glowing end is placed from where its sleeve ends, not from the mask.
+    if images is not None and out.method != "depth" and cfg.bright_end_length > 0 and not thin:
+        glow = glowing_end_centre(
+            pair,
+            (whiteness(images[0]), whiteness(images[1])),
+            centre,
+            d3,
+            radius,
+            cfg,
+            measured_axis=out.method == "silhouette",
+        )
+        # A flat shaft's step, placed by its disparity along the rows, read 50-110 um off on
+        # exact renders: there it overrules only a mask that is far off (ran into the glow).
+        if glow is not None and out.method == "tip" and abs((centre - glow) @ d3) < _BRIGHT_FLAT:
+            glow = None
+        if glow is not None:  # the mask's end, wherever it stopped in the glow, is not used
+            out.notes.append(
+                f"light pipe: the end placed {cfg.bright_end_length * 1e3:.2f} mm past its "
+                f"sleeve's, {(centre - glow) @ d3 * 1e3:+.2f} mm beyond the mask's"
+            )
+            centre, r_tip, glowing = glow, radius, True
     out.radius, out.axis = radius, d3
     out.tip_xyz = centre - r_tip * d3
     out.centre_xyz = centre
@@ -1097,8 +1259,9 @@ def measure(
     # Jaws and blades are not the shaft's shape (open, curved): where the working end is thin,
     # it is measured on the silhouettes' rows instead of modelled as a capsule on the axis.
     # A round end (needle, light pipe, vitrector) is the capsule, and the rows a check.
-    thin = inst.tip_radius_px < cfg.thin_end_ratio * inst.radius_px
-    end = working_end_points(pair, inst, right, px_per_m, cfg) if right is not None else None
+    end = None
+    if right is not None and not glowing:
+        end = working_end_points(pair, inst, right, px_per_m, cfg)
     # Closed, straight jaws do lie on the axis: there the capsule holds, and rows along a jaw
     # that runs near the image rows say little. Only on an axis the silhouettes measured: a
     # flat shaft's (method "tip") slope is assumed from the port, and jaws capped on it read

@@ -265,6 +265,7 @@ class DepthPipeline:
             right_mask if soft_right is None else soft_right,
             st.confidence,
             cfg.geometry,
+            (left, right),
         )
         ms["geometry"] = (time.perf_counter() - t0) * 1e3
         # What the geometry took for the instrument is the instrument: other mask pixels (the

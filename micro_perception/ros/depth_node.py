@@ -41,7 +41,7 @@ from micro_perception.depth.pipeline import (
 )
 from micro_perception.depth.stereo import STEREO_BACKENDS, StereoConfig
 from micro_perception.errors import InputError
-from micro_perception.geometry import DISTANCE_MODES, back_project
+from micro_perception.geometry import DISTANCE_MODES, GeometryConfig, back_project
 from micro_perception.ros.conversions import (
     COLOUR_ORDER,
     camera_infos_to_stereo,
@@ -152,6 +152,15 @@ PARAMS = [
         choices=SEG_FLIPS,
         read_only=True,
     ),
+    ParamSpec(
+        "light_pipe_glow",
+        GeometryConfig.bright_end_length,
+        "a light pipe's fibre glows this far past its metal sleeve, m (0: the mask's end is "
+        "believed); measure your light pipe's",
+        0.0,
+        2e-3,
+        read_only=True,
+    ),
     ParamSpec("range_max", 0.02, "Range.max_range, m", 1e-3, 1.0, read_only=True),
     ParamSpec(
         "queue_policy",
@@ -174,6 +183,7 @@ class DepthNode(Node):
                 mask_threshold=p["mask_threshold"],
                 seg_flips=p["seg_flips"],
                 stereo=StereoConfig(backend=p["stereo_backend"]),
+                geometry=GeometryConfig(bright_end_length=p["light_pipe_glow"]),
             ),
             depth_weights=p["depth_weights"] or None,
             seg_weights=p["seg_weights"] or "default",
