@@ -1239,7 +1239,7 @@ def measure(
             cfg,
             measured_axis=out.method == "silhouette",
         )
-        # A flat shaft's step, placed by its disparity along the rows, read 50-110 um off on
+        # A flat shaft's step, placed by its disparity along the rows, read 15-115 um off on
         # exact renders: there it overrules only a mask that is far off (ran into the glow).
         if glow is not None and out.method == "tip" and abs((centre - glow) @ d3) < _BRIGHT_FLAT:
             glow = None

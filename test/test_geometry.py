@@ -468,7 +468,7 @@ def test_a_light_pipes_end_is_placed_past_its_sleeve_wherever_the_mask_stops(opt
 
 def test_on_a_flat_shaft_the_sleeve_overrules_only_a_mask_far_off(optics):
     """A light pipe along the image rows: its slope is assumed, and the sleeve's step is placed
-    by its own disparity, which exact renders read 50-110 um off. The true mask's end stands;
+    by its own disparity, which exact renders read 15-115 um off. The true mask's end stands;
     a mask cut where the sleeve ends, 0.4 mm too far without the step, is placed by it."""
     pair = optics.stereo()
     sample = render_sample(make_scene(1, optics, kind="light_pipe", gap=0.3e-3), optics, 1)
