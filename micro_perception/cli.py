@@ -1204,6 +1204,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         "alert": bool(m.ok and m.distance(args.mode) < args.alert_distance),
         "reason": m.reason or None,
         "method": m.method or None,
+        "notes": m.notes,
         "retina_fit_residual_m": float(m.retina.residual) if m.retina else None,
         "retina_radius_m": float(m.retina.radius) if m.retina else None,
         "masks": pipe.mask_source,

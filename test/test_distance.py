@@ -138,6 +138,7 @@ def test_measure_command_prints_the_documented_keys(files, cli_json, run_cli):
     args += ("--camera-info", files / "l.yaml", files / "r.yaml", "--device", "cpu")
     out = cli_json(*args, "--overlay", str(files / "o.png"))
     assert {"tip_pixel", "tip_xyz_m", "distance_normal_m", "distance_axis_m", "alert"} <= set(out)
+    assert isinstance(out["notes"], list)  # what the geometry did: rows measured, a sleeve
     assert cv2.imread(str(files / "o.png")).shape == (384, 384, 3)
     if out["masks"] == "segmentation":  # the shipped network: the distance must be right
         assert out["distance_normal_m"] == pytest.approx(0.4e-3, abs=100e-6)

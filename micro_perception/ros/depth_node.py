@@ -396,6 +396,7 @@ class DepthNode(Node):
         v["distance_unknown_because"] = m.reason or ("-" if m.ok else "filter")
         v["method"] = m.method or "-"
         v["fit_residual_um"] = f"{m.retina.residual * 1e6:.1f}" if m.retina else "-"
+        v["geometry_notes"] = "; ".join(m.notes) or "-"
         v["alert"] = str(self.alert.on)
         for stage in STAGES:  # a stage this frame skipped shows "-", not an old figure
             v[f"{stage}_ms"] = f"{result.ms[stage]:.1f}" if stage in result.ms else "-"
