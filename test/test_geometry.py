@@ -436,19 +436,24 @@ def _short_of_the_glow(sample, eye, optics, glow=0.35e-3):
     return (view.mask > 0) & ((points - inst.tip) @ inst.axis >= inst.shaft_radius + glow)
 
 
+def _light_pipe_views(optics, seed):
+    """A light pipe 0.3 mm above the retina, rendered exactly: the pair, the left depth, both
+    all-in-focus images, the true masks, the masks cut at the sleeve, and the true gap."""
+    sample = render_sample(make_scene(seed, optics, kind="light_pipe", gap=0.3e-3), optics, 1)
+    true = sample.left.mask > 0, sample.right.mask > 0
+    short = tuple(_short_of_the_glow(sample, eye, optics) for eye in ("left", "right"))
+    images = (sample.left.aif, sample.right.aif)
+    depth = sample.left.depth.astype(np.float64)
+    return optics.stereo(), depth, images, true, short, sample.scene.gap_normal
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_a_light_pipes_end_is_placed_past_its_sleeve_wherever_the_mask_stops(optics, seed):
     """A light pipe's glowing end against the glow it casts has no edge a mask can follow.
     The sleeve's end, a step from grey to white in both views, places it: with the mask cut
     where the sleeve ends the distance reads as with the true mask, 0.3 mm nearer than the
     cut mask alone. A needle's images change nothing."""
-    pair = optics.stereo()
-    sample = render_sample(make_scene(seed, optics, kind="light_pipe", gap=0.3e-3), optics, 1)
-    depth = sample.left.depth.astype(np.float64)
-    images = (sample.left.aif, sample.right.aif)
-    true = sample.left.mask > 0, sample.right.mask > 0
-    short = tuple(_short_of_the_glow(sample, eye, optics) for eye in ("left", "right"))
-    gap = sample.scene.gap_normal
+    pair, depth, images, true, short, gap = _light_pipe_views(optics, seed)
     m = measure(pair, depth, *true, images=images)
     assert m.distance_normal == pytest.approx(gap, abs=40e-6)
     assert measure(pair, depth, *short).distance_normal - gap > 0.3e-3
@@ -470,13 +475,7 @@ def test_on_a_flat_shaft_the_sleeve_overrules_only_a_mask_far_off(optics):
     """A light pipe along the image rows: its slope is assumed, and the sleeve's step is placed
     by its own disparity, which exact renders read 15-115 um off. The true mask's end stands;
     a mask cut where the sleeve ends, 0.4 mm too far without the step, is placed by it."""
-    pair = optics.stereo()
-    sample = render_sample(make_scene(1, optics, kind="light_pipe", gap=0.3e-3), optics, 1)
-    depth = sample.left.depth.astype(np.float64)
-    images = (sample.left.aif, sample.right.aif)
-    true = sample.left.mask > 0, sample.right.mask > 0
-    short = tuple(_short_of_the_glow(sample, eye, optics) for eye in ("left", "right"))
-    gap = sample.scene.gap_normal
+    pair, depth, images, true, short, gap = _light_pipe_views(optics, 1)
     m = measure(pair, depth, *true, images=images)
     assert m.method == "tip"
     assert m.distance_normal == measure(pair, depth, *true).distance_normal
