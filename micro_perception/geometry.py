@@ -86,6 +86,11 @@ class GeometryConfig:
     # stretched, and errors both views share (a shadow, a vessel under the edge) cancel in
     # the rows' disparities but not in lines fit to each view.
     edge_lines_min_angle_deg: float = 45.0
+    # The network's edges wander 1-3 px along a shaft, so the rows all four edges agree on can
+    # be one short stretch whose lines tilt the axis (a steep light pipe hovering: 2-4.5 deg,
+    # 0.2 mm at its end). Lines on rows spanning less than this fraction of the shaft's rows
+    # give way to the rows' centres.
+    edge_lines_min_span: float = 0.5
     # Between this angle and edge_lines_min_angle_deg, a bent axis is first refit on row centres
     # repaired from each view's edge lines: a row whose one edge left its line (the network lost
     # a stretch of that edge against the optic disc) takes its centre from the other edge. Not on
@@ -119,6 +124,10 @@ class GeometryConfig:
             raise InputError("shaft_length must be > 0 and shaft_start >= 0")
         if self.refit_residual <= 0 or self.straight_row_tol_px <= 0:
             raise InputError("refit_residual and straight_row_tol_px must be > 0")
+        if not 0 <= self.edge_lines_min_span <= 1:
+            raise InputError(
+                f"edge_lines_min_span must be in [0, 1], got {self.edge_lines_min_span}"
+            )
         if not 0 < self.edge_lines_min_angle_deg <= 90:
             raise InputError(
                 f"edge_lines_min_angle_deg must be in (0, 90], got {self.edge_lines_min_angle_deg}"
@@ -745,12 +754,15 @@ def _centres_from_edge_lines(rows, edges, views, centres, use, cfg):
 
 def _shaft_from_edge_lines(pair, edges, rows, use, views, cfg):
     """The 3D line through the centres of the two views' edge lines, each line fit on the rows
-    whose four edges all lie on their lines; or None."""
+    whose four edges all lie on their lines; or None, also where those rows cover too short a
+    stretch of the shaft."""
     each_edge = [
         (e, inst) for edge_pair, inst in zip(edges, views, strict=True) for e in edge_pair
     ]
     straight = _rows_on_lines(rows, each_edge, use, cfg)
     if straight.sum() < cfg.min_rows:
+        return None
+    if np.ptp(rows[straight]) < cfg.edge_lines_min_span * np.ptp(rows[use]):
         return None
     centres = [
         (_line_at(rows, e0, straight) + _line_at(rows, e1, straight)) / 2 for e0, e1 in edges
@@ -1126,17 +1138,44 @@ def end_point(pair, left: Instrument2D, right: Instrument2D, cfg) -> np.ndarray 
     view's shaft direction in both views, or None when they lie on different rows. A point both
     views see has a disparity even where jaws or blades lie along the image rows, whose runs'
     centres have none."""
-    ends = []
-    for inst in (left, right):
-        v, u = np.nonzero(inst.mask)
-        s = left.along(u, v)  # both views along the left's direction: one physical end
-        last = s <= s.min() + 0.5
-        ends.append((u[last].mean(), v[last].mean()))
+    ends = [_end_px(inst, left.direction) for inst in (left, right)]
     (ul, vl), (ur, vr) = ends
     if abs(vl - vr) > cfg.max_tip_row_offset_px:
         return None
     z = float(pair.depth_from_disparity(ul - ur))
     return back_project(pair, ul, vl, z) if np.isfinite(z) else None
+
+
+def _end_px(inst: Instrument2D, direction: np.ndarray) -> tuple[float, float]:
+    """(u, v) of a silhouette's extreme along -``direction``. Whole pixels moved the disparity
+    by 1 px (0.14 mm of depth at the virtual microscope's) when one pixel flipped: with a soft
+    mask each row's last run is centred between its sub-pixel edges, then carried along the
+    direction to where the probability crosses 0.5."""
+    v, u = np.nonzero(inst.mask)
+    s = (u - inst.tip_px[0]) * direction[0] + (v - inst.tip_px[1]) * direction[1]
+    last = s <= s.min() + 0.5
+    rows = np.unique(v[last])
+    runs = [u[last][v[last] == r] for r in rows]
+    first = np.array([r.min() for r in runs])
+    final = np.array([r.max() for r in runs])
+    e0, e1 = _edges(inst.soft, rows, first, final)
+    whole = np.array([len(r) for r in runs]) == final - first + 1  # one run, not two tips
+    cu = np.where(whole, (e0 + e1) / 2, [r.mean() for r in runs])
+    cv = rows.astype(float)
+    if inst.soft is not None:
+        t = np.linspace(0.0, 1.5, 31)
+        su = (cu[:, None] - t * direction[0]).astype(np.float32)
+        sv = (cv[:, None] - t * direction[1]).astype(np.float32)
+        p = cv2.remap(inst.soft, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out = p < 0.5
+        k = np.where(out.any(1), out.argmax(1), len(t) - 1)
+        i = np.arange(len(k))
+        p0, p1 = p[i, np.maximum(k - 1, 0)], p[i, k]
+        frac = np.where(k > 0, np.clip((p0 - 0.5) / np.maximum(p0 - p1, 1e-6), 0, 1), 0)
+        step = np.where(k > 0, t[np.maximum(k - 1, 0)] + frac * (t[1] - t[0]), 0.0)
+        cu, cv = cu - step * direction[0], cv - step * direction[1]
+    weight = [float(len(r)) for r in runs]
+    return float(np.average(cu, weights=weight)), float(np.average(cv, weights=weight))
 
 
 def _points_gaps(sphere: SphereFit, pts: np.ndarray, radius: float, pct: float):

@@ -284,6 +284,59 @@ def test_the_end_point_of_jaws_along_the_rows_is_matched_between_views(optics):
     assert end_point(pair, left, find_instrument(masks[1], 64000.0), GeometryConfig()) is None
 
 
+def test_the_end_point_of_soft_masks_is_matched_between_pixels(optics):
+    """The same jaws as probabilities (each pixel's covered fraction): the ends sit at 150.0
+    and 142.5, half a pixel apart in disparity from what whole pixels give (150 and 143)."""
+    from micro_perception.geometry import end_point
+
+    pair = optics.stereo()
+    u = np.arange(optics.width)[None, :]
+    insts = {}
+    for soft in (True, False):
+        views = []
+        for end in (150.0, 142.5):
+            m = np.zeros((optics.height, optics.width), np.float32)
+            m[180:202] = np.clip(u + 0.5 - (end + 20), 0, 1)  # the shaft, from the right border
+            m[186:190] = np.clip(u + 0.5 - end, 0, 1)  # a thin jaw
+            views.append(find_instrument(m if soft else m >= 0.5, 64000.0))
+        insts[soft] = end_point(pair, *views, GeometryConfig())
+    assert insts[True][2] == pytest.approx(float(pair.depth_from_disparity(7.5)), rel=1e-3)
+    assert insts[False][2] == pytest.approx(float(pair.depth_from_disparity(7.0)), rel=1e-9)
+    assert project(pair, insts[True])[0] == pytest.approx(150.0, abs=0.05)
+
+
+def test_edge_lines_on_a_short_stretch_of_the_shaft_give_way_to_the_row_centres(optics):
+    """Four edges that lie on their lines only along a quarter of the shaft's rows would tilt
+    the axis by their slopes' errors there: no edge-line axis. The same edges straight at both
+    ends of the shaft, with the middle off, do give one."""
+    from types import SimpleNamespace
+
+    from micro_perception.geometry import _shaft_from_edge_lines
+
+    pair = optics.stereo()
+    rows = np.arange(200.0)
+    use = (rows >= 40) & (rows < 160)
+    views = [SimpleNamespace(direction=np.array([0.2, 0.98]))] * 2
+    rng = np.random.default_rng(0)
+    wobble = rng.uniform(1.5, 4.0, rows.size) * rng.choice([-1.0, 1.0], rows.size)  # no line
+
+    def edges(off):
+        return [
+            (100 + 0.2 * rows + off, 120 + 0.2 * rows + off),
+            (92 + 0.2 * rows + off, 112 + 0.2 * rows + off),
+        ]
+
+    short = np.where((rows >= 85) & (rows < 115), 0.0, wobble)
+    ends = np.where((rows >= 60) & (rows < 140), wobble, 0.0)
+    cfg = GeometryConfig()
+    assert _shaft_from_edge_lines(pair, edges(short), rows, use, views, cfg) is None
+    any_span = GeometryConfig(edge_lines_min_span=0.0)
+    assert _shaft_from_edge_lines(pair, edges(short), rows, use, views, any_span) is not None
+    assert _shaft_from_edge_lines(pair, edges(ends), rows, use, views, cfg) is not None
+    with pytest.raises(InputError, match="edge_lines_min_span"):
+        GeometryConfig(edge_lines_min_span=1.5)
+
+
 @pytest.mark.parametrize("kind", ["forceps", "scissors"])
 def test_jaws_and_blades_are_measured_not_modelled_as_the_shaft(optics, kind):
     """Open jaws and curved blades leave the shaft's axis: their radius is found from the
