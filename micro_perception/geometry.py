@@ -1240,6 +1240,11 @@ def measure(
     if right is not None:
         inst = replace(inst, tip_radius_px=_working_end_radius_px(inst, right, cfg))
         line = shaft_from_silhouettes(pair, inst, right, px_per_m, cfg)
+        # A shaft leaves the eye through a port in front of its tip (nearer the camera): an
+        # axis sinking away from the camera behind the tip was fit to mismatched rows.
+        if line is not None and line[1][2] > 0:
+            out.notes.append("the silhouettes' axis sank behind the tip: not used")
+            line = None
         if line is not None:
             out.method = "silhouette"
     if line is None and right is not None:

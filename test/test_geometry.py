@@ -410,6 +410,28 @@ def test_rows_the_network_displaced_are_left_out_of_the_shaft_axis(optics, seed,
         )
 
 
+def test_an_axis_sinking_behind_the_tip_is_not_used(optics):
+    """The right view's rows slid along the rows in proportion to their distance from the
+    tip (mismatched rows): the silhouettes' axis then sinks away from the camera behind the
+    tip, which no shaft entering through a port can. The tip's method measures instead."""
+    from micro_perception.geometry import shaft_from_silhouettes
+
+    scene = make_scene(3, optics, kind="needle", gap=0.3e-3)
+    depth, _, _ = exact_views(scene, optics)
+    left, right = covered_views(scene, optics)
+    pair = optics.stereo()
+    px_per_m = pair.left.fx / float(np.nanmedian(depth))
+    tip_row = find_instrument(right, px_per_m).tip_px[1]
+    slid = np.stack([np.roll(row, round(0.2 * abs(v - tip_row))) for v, row in enumerate(right)])
+    views = find_instrument(left, px_per_m), find_instrument(slid, px_per_m)
+    _, axis = shaft_from_silhouettes(pair, *views, px_per_m, GeometryConfig())
+    assert axis[2] > 0.1  # from the tip along the shaft, away from the camera
+    m = measure(pair, depth, left, slid)
+    assert m.ok and m.method == "tip", (m.method, m.reason)
+    assert any("sank" in n for n in m.notes), m.notes
+    assert m.distance_normal == pytest.approx(scene.gap_normal, abs=50e-6)
+
+
 def _notched(mask, rows, depth_px):
     """The mask with its right-hand edge eaten away by depth_px[i] pixels on rows[i]."""
     out = mask.copy()
