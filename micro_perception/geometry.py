@@ -1168,11 +1168,13 @@ def _end_px(inst: Instrument2D, direction: np.ndarray) -> tuple[float, float]:
         sv = (cv[:, None] - t * direction[1]).astype(np.float32)
         p = cv2.remap(inst.soft, su, sv, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         out = p < 0.5
-        k = np.where(out.any(1), out.argmax(1), len(t) - 1)
+        k = out.argmax(1)  # the first sample past the 0.5 crossing
         i = np.arange(len(k))
         p0, p1 = p[i, np.maximum(k - 1, 0)], p[i, k]
-        frac = np.where(k > 0, np.clip((p0 - 0.5) / np.maximum(p0 - p1, 1e-6), 0, 1), 0)
-        step = np.where(k > 0, t[np.maximum(k - 1, 0)] + frac * (t[1] - t[0]), 0.0)
+        frac = np.clip((p0 - 0.5) / np.maximum(p0 - p1, 1e-6), 0, 1)
+        # No crossing within 1.5 px (or none needed): the run's centre stays.
+        crossed = out.any(1) & (k > 0)
+        step = np.where(crossed, t[np.maximum(k - 1, 0)] + frac * (t[1] - t[0]), 0.0)
         cu, cv = cu - step * direction[0], cv - step * direction[1]
     weight = [float(len(r)) for r in runs]
     return float(np.average(cu, weights=weight)), float(np.average(cv, weights=weight))
