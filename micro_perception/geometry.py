@@ -1138,7 +1138,7 @@ def end_point(pair, left: Instrument2D, right: Instrument2D, cfg) -> np.ndarray 
     view's shaft direction in both views, or None when they lie on different rows. A point both
     views see has a disparity even where jaws or blades lie along the image rows, whose runs'
     centres have none."""
-    ends = [_end_px(inst, left.direction) for inst in (left, right)]
+    ends = [_end_px(inst, left) for inst in (left, right)]  # one physical end: left's direction
     (ul, vl), (ur, vr) = ends
     if abs(vl - vr) > cfg.max_tip_row_offset_px:
         return None
@@ -1146,13 +1146,14 @@ def end_point(pair, left: Instrument2D, right: Instrument2D, cfg) -> np.ndarray 
     return back_project(pair, ul, vl, z) if np.isfinite(z) else None
 
 
-def _end_px(inst: Instrument2D, direction: np.ndarray) -> tuple[float, float]:
-    """(u, v) of a silhouette's extreme along -``direction``. Whole pixels moved the disparity
-    by 1 px (0.14 mm of depth at the virtual microscope's) when one pixel flipped: with a soft
-    mask each row's last run is centred between its sub-pixel edges, then carried along the
-    direction to where the probability crosses 0.5."""
+def _end_px(inst: Instrument2D, ref: Instrument2D) -> tuple[float, float]:
+    """(u, v) of ``inst``'s silhouette's extreme along ``ref``'s shaft direction, toward its tip.
+    Whole pixels moved the disparity by 1 px (0.14 mm of depth at the virtual microscope's) when
+    one pixel flipped: with a soft mask each row's last run is centred between its sub-pixel
+    edges, then carried along the direction to where the probability crosses 0.5."""
     v, u = np.nonzero(inst.mask)
-    s = (u - inst.tip_px[0]) * direction[0] + (v - inst.tip_px[1]) * direction[1]
+    direction = ref.direction
+    s = ref.along(u, v)
     last = s <= s.min() + 0.5
     rows = np.unique(v[last])
     runs = [u[last][v[last] == r] for r in rows]
