@@ -1154,14 +1154,14 @@ def _end_px(inst: Instrument2D, ref: Instrument2D) -> tuple[float, float]:
     v, u = np.nonzero(inst.mask)
     direction = ref.direction
     s = ref.along(u, v)
-    last = s <= s.min() + 0.5
-    rows = np.unique(v[last])
-    runs = [u[last][v[last] == r] for r in rows]
-    first = np.array([r.min() for r in runs])
-    final = np.array([r.max() for r in runs])
-    e0, e1 = _edges(inst.soft, rows, first, final)
-    whole = np.array([len(r) for r in runs]) == final - first + 1  # one run, not two tips
-    cu = np.where(whole, (e0 + e1) / 2, [r.mean() for r in runs])
+    end = s <= s.min() + 0.5
+    last = np.zeros_like(inst.mask)
+    last[v[end], u[end]] = True
+    centre, _, single, _, _ = _row_centres(last, inst.soft)
+    rows = np.nonzero(last.any(1))[0]
+    weight = last[rows].sum(1).astype(float)
+    mean = (last[rows] * np.arange(last.shape[1])).sum(1) / weight
+    cu = np.where(single[rows], centre[rows], mean)  # not one run: two tips, their mean
     cv = rows.astype(float)
     if inst.soft is not None:
         t = np.linspace(0.0, 1.5, 31)
@@ -1177,7 +1177,6 @@ def _end_px(inst: Instrument2D, ref: Instrument2D) -> tuple[float, float]:
         crossed = out.any(1) & (k > 0)
         step = np.where(crossed, t[np.maximum(k - 1, 0)] + frac * (t[1] - t[0]), 0.0)
         cu, cv = cu - step * direction[0], cv - step * direction[1]
-    weight = [float(len(r)) for r in runs]
     return float(np.average(cu, weights=weight)), float(np.average(cv, weights=weight))
 
 
