@@ -70,6 +70,12 @@ class GeometryConfig:
     # reads that and the other a round end, the round end is believed.
     broken_end_ratio: float = 0.15
     end_percentile: float = 1.0  # of the jaws' or blades' gaps: their lowest, less a stray row
+    # A row of the working end paired with the wrong run reads a depth no jaw can have: one
+    # whose depth differs by more than end_depth_jump (m) from that of every other row within
+    # end_jump_reach (m) of it in the image is dropped. Jaws open at most ~0.65 mm apart in
+    # depth, so the other jaw's tip next to this one stays.
+    end_depth_jump: float = 1.0e-3
+    end_jump_reach: float = 0.25e-3
     min_rows: int = 12  # rows crossing the shaft needed for the silhouette method
     min_row_angle_deg: float = 15.0  # shafts flatter than this are matched by their tip
     # Rows whose silhouette edge the network lost (against the optic disc, a shadow) bend the
@@ -136,6 +142,11 @@ class GeometryConfig:
             raise InputError(
                 "bright_end_length must be in [0, 2 mm] and bright_end_contrast in (0, 1), got "
                 f"{self.bright_end_length} and {self.bright_end_contrast}"
+            )
+        if self.end_depth_jump <= 0 or self.end_jump_reach <= 0:
+            raise InputError(
+                "end_depth_jump and end_jump_reach must be > 0 m, got "
+                f"{self.end_depth_jump} and {self.end_jump_reach}"
             )
         if not 0 < self.edge_repair_min_angle_deg <= 90 or self.edge_repair_radius_tol_px <= 0:
             raise InputError(
@@ -941,11 +952,21 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
         return None
     z = pair.depth_from_disparity(np.asarray(centres_l) - np.asarray(centres_r))
     ok = np.isfinite(z)
+    ok[ok] = ~_depth_strays(centres_l[ok], rows[ok], z[ok], cfg.end_jump_reach * px_per_m, cfg)
     if ok.sum() < cfg.min_rows // 2:
         return None
     pts = back_project(pair, np.asarray(centres_l)[ok], np.asarray(rows)[ok], z[ok])
     radius_px = min(float(np.median(np.asarray(widths)[ok])) / 2, left.radius_px)
     return pts, radius_px
+
+
+def _depth_strays(u: np.ndarray, v: np.ndarray, z: np.ndarray, reach_px: float, cfg) -> np.ndarray:
+    """Points whose depth no other point within ``reach_px`` of them in the image comes within
+    ``cfg.end_depth_jump`` of; a point with no other in reach is kept (nothing contradicts it)."""
+    d = np.hypot(u[:, None] - u[None], v[:, None] - v[None])
+    near = (d <= reach_px) & ~np.eye(len(z), dtype=bool)
+    agree = near & (np.abs(z[:, None] - z[None]) <= cfg.end_depth_jump)
+    return near.any(1) & ~agree.any(1)
 
 
 def view_uv(pair: StereoPair, points: np.ndarray, view: int) -> np.ndarray:

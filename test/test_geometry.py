@@ -337,6 +337,25 @@ def test_edge_lines_on_a_short_stretch_of_the_shaft_give_way_to_the_row_centres(
         GeometryConfig(edge_lines_min_span=1.5)
 
 
+def test_a_jaw_row_paired_with_the_wrong_run_is_dropped_but_the_other_jaw_stays():
+    """Two jaws side by side in the image, 9 px apart, the far one 0.75 mm deeper. One row of
+    the near jaw paired with the wrong run reads 4.5 mm off the rows around it: only that row
+    is a stray. A lone row with nothing near it in the image is not contradicted, so stays."""
+    from micro_perception.geometry import _depth_strays
+
+    rows = np.arange(150.0, 190.0)
+    u = np.concatenate([np.full(40, 197.5), np.full(40, 206.5), [300.0]])
+    v = np.concatenate([rows, rows, [100.0]])
+    z = np.concatenate([np.full(40, 0.1987), np.full(40, 0.19945), [0.185]])
+    z[30] = 0.1942
+    cfg = GeometryConfig()
+    reach_px = cfg.end_jump_reach * 48000.0  # 12 px at this scale
+    assert np.flatnonzero(_depth_strays(u, v, z, reach_px, cfg)).tolist() == [30]
+    assert not _depth_strays(u, v, z, reach_px, GeometryConfig(end_depth_jump=5e-3)).any()
+    with pytest.raises(InputError, match="end_depth_jump"):
+        GeometryConfig(end_depth_jump=0.0)
+
+
 @pytest.mark.parametrize("kind", ["forceps", "scissors"])
 def test_jaws_and_blades_are_measured_not_modelled_as_the_shaft(optics, kind):
     """Open jaws and curved blades leave the shaft's axis: their radius is found from the
