@@ -945,28 +945,54 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
     wl, wr = el[1] - el[0], er[1] - er[0]
     ok = np.abs(wl - wr) <= 0.3 * np.maximum(wl, wr) + 2
     ok &= wl * slope <= 4 * left.radius_px  # along the row: no disparity in a run's centre
-    centres_l = ((el[0] + el[1]) / 2)[ok]
-    centres_r = ((er[0] + er[1]) / 2)[ok]
+    centres_l, centres_r = (el[0] + el[1]) / 2, (er[0] + er[1]) / 2
+    flat = slope < np.sin(np.deg2rad(cfg.min_row_angle_deg))
+    if flat:
+        # Along the rows, a row through the jaws runs on into the shaft, where the zone cuts
+        # it: that end is no edge, and the run's centre reads a blend of the tip's disparity
+        # and the edge's (a flat scissors at 0.40 mm read 0.12). Its uncut end is matched.
+        (lf, ll), (rf, rl) = (
+            _cut_ends(inst.mask, y, f[k], e[k])
+            for inst, f, e, k in ((left, fl, ll_, keep_l), (right, fr, lr_, keep_r))
+        )
+        first, last = lf & rf & ~ll & ~rl, ll & rl & ~lf & ~rf
+        ok &= first | last | ~(lf | ll | rf | rl)
+        centres_l = np.where(first, el[1], np.where(last, el[0], centres_l))
+        centres_r = np.where(first, er[1], np.where(last, er[0], centres_r))
+    centres_l, centres_r = centres_l[ok], centres_r[ok]
     rows, widths = y[ok], (wl * slope)[ok]
     if len(rows) < cfg.min_rows // 2:
         return None
-    z = pair.depth_from_disparity(np.asarray(centres_l) - np.asarray(centres_r))
+    z = pair.depth_from_disparity(centres_l - centres_r)
     ok = np.isfinite(z)
-    ok[ok] = ~_depth_strays(centres_l[ok], rows[ok], z[ok], cfg.end_jump_reach * px_per_m, cfg)
+    # A jaw along the rows crosses several of them: there a row with none other near it is
+    # as suspect as one they contradict.
+    reach = cfg.end_jump_reach * px_per_m
+    ok[ok] = ~_depth_strays(centres_l[ok], rows[ok], z[ok], reach, cfg, lone=flat)
     if ok.sum() < cfg.min_rows // 2:
         return None
-    pts = back_project(pair, np.asarray(centres_l)[ok], np.asarray(rows)[ok], z[ok])
-    radius_px = min(float(np.median(np.asarray(widths)[ok])) / 2, left.radius_px)
+    pts = back_project(pair, centres_l[ok], rows[ok], z[ok])
+    radius_px = min(float(np.median(widths[ok])) / 2, left.radius_px)
     return pts, radius_px
 
 
-def _depth_strays(u: np.ndarray, v: np.ndarray, z: np.ndarray, reach_px: float, cfg) -> np.ndarray:
+def _cut_ends(mask: np.ndarray, rows: np.ndarray, first: np.ndarray, last: np.ndarray):
+    """Whether each run's first and last pixel has the instrument's mask beyond it on its row:
+    where the run was cut, not where the instrument's edge is."""
+    w = mask.shape[1]
+    before = (first > 0) & mask[rows, np.maximum(first - 1, 0)]
+    after = (last < w - 1) & mask[rows, np.minimum(last + 1, w - 1)]
+    return before, after
+
+
+def _depth_strays(u, v, z, reach_px: float, cfg, lone: bool = False) -> np.ndarray:
     """Points whose depth no other point within ``reach_px`` of them in the image comes within
-    ``cfg.end_depth_jump`` of; a point with no other in reach is kept (nothing contradicts it)."""
+    ``cfg.end_depth_jump`` of. A point with no other in reach is kept (nothing contradicts it)
+    unless ``lone``."""
     d = np.hypot(u[:, None] - u[None], v[:, None] - v[None])
     near = (d <= reach_px) & ~np.eye(len(z), dtype=bool)
     agree = near & (np.abs(z[:, None] - z[None]) <= cfg.end_depth_jump)
-    return near.any(1) & ~agree.any(1)
+    return (near.any(1) | lone) & ~agree.any(1)
 
 
 def view_uv(pair: StereoPair, points: np.ndarray, view: int) -> np.ndarray:
