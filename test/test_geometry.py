@@ -340,7 +340,8 @@ def test_edge_lines_on_a_short_stretch_of_the_shaft_give_way_to_the_row_centres(
 def test_a_jaw_row_paired_with_the_wrong_run_is_dropped_but_the_other_jaw_stays():
     """Two jaws side by side in the image, 9 px apart, the far one 0.75 mm deeper. One row of
     the near jaw paired with the wrong run reads 4.5 mm off the rows around it: only that row
-    is a stray. A lone row with nothing near it in the image is not contradicted, so stays."""
+    is a stray. A lone row with nothing near it in the image is not contradicted, so stays,
+    except where asked to drop lone rows too."""
     from micro_perception.geometry import _depth_strays
 
     rows = np.arange(150.0, 190.0)
@@ -352,6 +353,8 @@ def test_a_jaw_row_paired_with_the_wrong_run_is_dropped_but_the_other_jaw_stays(
     reach_px = cfg.end_jump_reach * 48000.0  # 12 px at this scale
     assert np.flatnonzero(_depth_strays(u, v, z, reach_px, cfg)).tolist() == [30]
     assert not _depth_strays(u, v, z, reach_px, GeometryConfig(end_depth_jump=5e-3)).any()
+    # On a flat shaft a jaw crosses several rows: there the lone row goes too.
+    assert np.flatnonzero(_depth_strays(u, v, z, reach_px, cfg, lone=True)).tolist() == [30, 80]
     with pytest.raises(InputError, match="end_depth_jump"):
         GeometryConfig(end_depth_jump=0.0)
 
