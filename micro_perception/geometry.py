@@ -924,7 +924,9 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
     the runs of both silhouettes on each row crossing it, and the end's radius; or None.
 
     Jaws and blades are not the shaft's shape: they are measured, not extrapolated. Runs are
-    paired in order along the row where both views cut the same number of them."""
+    paired in order along the row where both views cut the same number of them. On a shaft
+    along the rows, a run the zone cut is matched at its uncut end; rows that the rows near
+    them contradict by over ``end_depth_jump`` are dropped."""
     zone = (cfg.shaft_start + 0.2e-3) * px_per_m
     regions = []
     for inst in (left, right):
