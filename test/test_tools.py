@@ -23,7 +23,8 @@ def test_the_segmentation_training_script_runs_end_to_end_on_the_cpu(tmp_path):
         CROP="64",
         BATCH="4",
         TRAIN_BUDGET="3",
-        WIDTHS="4 8",
+        # Two candidates side by side, as a GPU run trains them.
+        CANDIDATES="new:4 8;deep:4 8 8",
         TIP_WEIGHT="5",
         # The script runs python3: this interpreter's, with the package.
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -40,10 +41,11 @@ def test_the_segmentation_training_script_runs_end_to_end_on_the_cpu(tmp_path):
     log = (out / "log.txt").read_text()
     assert "done" in log.splitlines()[-1], log[-2000:]
     assert "Traceback" not in log, log[-2000:]
-    assert (out / "seg_new.pt").stat().st_size > 0
-    for which in ("new", "shipped"):
+    for which in ("new", "deep"):
+        assert (out / f"seg_{which}.pt").stat().st_size > 0
+        assert json.loads((out / f"train_{which}.json").read_text())["train_loss_first_last"]
+    for which in ("new", "deep", "shipped"):
         result = json.loads((out / f"eval_distance_{which}.json").read_text())
         assert result["_meta"]["frames"] == 2 and "alert_margins" in result
     assert "frames in both" in log  # eval compare's verdict on the two runs
-    assert json.loads((out / "train_seg.json").read_text())["train_loss_first_last"]
     assert done.returncode == 0
