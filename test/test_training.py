@@ -5,13 +5,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from micro_perception.errors import InputError
 from micro_perception.fusion.network import load_fusion_net
-from micro_perception.training.common import load_checkpoint
+from micro_perception.training.common import load_checkpoint, read_ahead
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +262,21 @@ def test_edge_weight_stresses_the_outline_band_only():
     assert torch.all(plain == 1.0)
     with pytest.raises(InputError, match="edge_weight"):
         SegmentTrainConfig(data="d", edge_weight=0.5)
+
+
+def test_read_ahead_keeps_order_reads_a_bounded_window_and_passes_errors_on():
+    calls = []
+
+    def square(i):
+        calls.append(i)
+        if i == 7:
+            raise InputError("frame 7 is unreadable")
+        return i * i
+
+    it = read_ahead(square, range(7), workers=2)
+    assert next(it) == 0
+    time.sleep(0.2)  # give the pool time to run past its window if it would
+    assert len(calls) <= 5  # 2 x workers ahead, plus the one submitted after the first result
+    assert list(it) == [i * i for i in range(1, 7)]
+    with pytest.raises(InputError, match="frame 7"):
+        list(read_ahead(square, range(10), workers=3))

@@ -35,6 +35,7 @@ from micro_perception.training.common import (
     RandomCrops,
     TrainConfigBase,
     TrainJob,
+    read_ahead,
     run_training,
 )
 from micro_perception.training.depth_eval import depth_metrics
@@ -65,11 +66,19 @@ class DepthTrainConfig(TrainConfigBase):
             raise InputError(f"input must be aif or fused, got {self.input!r}")
 
 
-def input_image(rec, eye: str, gt: dict, fuser: Fuser | None) -> np.ndarray:
-    """The all-in-focus image a network sees: the fusion network's output on the sweep, the
-    ground-truth one, or (a recording without either) the sweep's middle slice."""
+def read_sweep(rec, eye: str) -> np.ndarray:
+    """One eye's focal sweep, (S, H, W, 3) uint8."""
+    return np.stack([read_rgb(p) for p in rec.slices[eye]])
+
+
+def input_image(
+    rec, eye: str, gt: dict, fuser: Fuser | None, sweep: np.ndarray | None = None
+) -> np.ndarray:
+    """The all-in-focus image a network sees: the fusion network's output on the sweep (read
+    here unless given), the ground-truth one, or (a recording without either) the sweep's middle
+    slice."""
     if fuser is not None:
-        return fuser(np.stack([read_rgb(p) for p in rec.slices[eye]]))
+        return fuser(read_sweep(rec, eye) if sweep is None else sweep)
     if "aif" in gt:
         return gt["aif"]
     return read_rgb(rec.slices[eye][len(rec.slices[eye]) // 2])
@@ -82,11 +91,15 @@ def load_frames(root: str, cfg: DepthTrainConfig, supervision: str) -> list[dict
     use_teacher = supervision in ("stereo", "mixed")
     pair = dataset_stereo_pair(root) if use_teacher else None
     fuser = Fuser("net", "cpu") if cfg.input == "fused" else None
-    frames = []
-    for rec in find_stacks(root):
-        eyes = ("left", "right") if use_teacher else ("left",)
+    eyes = ("left", "right") if use_teacher else ("left",)
+
+    def read(rec):
         gts = {e: read_ground_truth(rec.root / e) for e in eyes}
-        images = {e: input_image(rec, e, gts[e], fuser) for e in eyes}
+        return rec, gts, {e: read_sweep(rec, e) if fuser is not None else None for e in eyes}
+
+    frames = []
+    for rec, gts, sweeps in read_ahead(read, find_stacks(root)):
+        images = {e: input_image(rec, e, gts[e], fuser, sweeps[e]) for e in eyes}
         frame = {
             "image": images["left"],
             "depth": None,

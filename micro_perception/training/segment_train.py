@@ -21,9 +21,15 @@ from micro_perception.depth.segmentation import SegNet, SegNetConfig
 from micro_perception.errors import InputError
 from micro_perception.fusion.fuser import Fuser
 from micro_perception.sim.dataset import find_stacks, read_ground_truth
-from micro_perception.training.common import RandomCrops, TrainConfigBase, TrainJob, run_training
+from micro_perception.training.common import (
+    RandomCrops,
+    TrainConfigBase,
+    TrainJob,
+    read_ahead,
+    run_training,
+)
 from micro_perception.training.depth_losses import mask_loss
-from micro_perception.training.depth_train import input_image
+from micro_perception.training.depth_train import input_image, read_sweep
 
 
 @dataclass
@@ -86,15 +92,20 @@ def load_masked_images(
 ) -> list[dict]:
     """Both eyes' input images and instrument masks, in memory (fused on ``device``)."""
     fuser = Fuser("net", device) if input_kind == "fused" else None
+
+    def read(rec):
+        eyes = [e for e in ("left", "right") if e in rec.slices]
+        return rec, [
+            (e, read_ground_truth(rec.root / e), read_sweep(rec, e) if fuser is not None else None)
+            for e in eyes
+        ]
+
     items = []
-    for rec in find_stacks(Path(root)):
-        for eye in ("left", "right"):
-            if eye not in rec.slices:
-                continue
-            gt = read_ground_truth(rec.root / eye)
+    for rec, eyes in read_ahead(read, find_stacks(Path(root))):
+        for eye, gt, sweep in eyes:
             if "mask" not in gt:
                 raise InputError(f"{rec.root / eye} has no mask.png to learn the instrument from")
-            image = input_image(rec, eye, gt, fuser)
+            image = input_image(rec, eye, gt, fuser, sweep)
             items.append({"image": image, "mask": (gt["mask"] > 0).astype(np.float32)})
             if limit is not None and len(items) >= limit:
                 return items
