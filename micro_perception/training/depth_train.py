@@ -66,19 +66,21 @@ class DepthTrainConfig(TrainConfigBase):
             raise InputError(f"input must be aif or fused, got {self.input!r}")
 
 
-def read_sweep(rec, eye: str) -> np.ndarray:
-    """One eye's focal sweep, (S, H, W, 3) uint8."""
-    return np.stack([read_rgb(p) for p in rec.slices[eye]])
+def read_eye(rec, eye: str, fused: bool) -> tuple[dict, np.ndarray | None]:
+    """One eye's ground truth and, for fused inputs, its focal sweep ((S, H, W, 3) uint8): the
+    files, read apart from the fusing (``read_ahead`` runs this on its threads)."""
+    sweep = np.stack([read_rgb(p) for p in rec.slices[eye]]) if fused else None
+    return read_ground_truth(rec.root / eye), sweep
 
 
 def input_image(
-    rec, eye: str, gt: dict, fuser: Fuser | None, sweep: np.ndarray | None = None
+    rec, eye: str, gt: dict, fuser: Fuser | None, sweep: np.ndarray | None
 ) -> np.ndarray:
-    """The all-in-focus image a network sees: the fusion network's output on the sweep (read
-    here unless given), the ground-truth one, or (a recording without either) the sweep's middle
+    """The all-in-focus image a network sees: the fusion network's output on the sweep
+    (``read_eye``'s), the ground-truth one, or (a recording without either) the sweep's middle
     slice."""
     if fuser is not None:
-        return fuser(read_sweep(rec, eye) if sweep is None else sweep)
+        return fuser(sweep)
     if "aif" in gt:
         return gt["aif"]
     return read_rgb(rec.slices[eye][len(rec.slices[eye]) // 2])
@@ -94,12 +96,12 @@ def load_frames(root: str, cfg: DepthTrainConfig, supervision: str) -> list[dict
     eyes = ("left", "right") if use_teacher else ("left",)
 
     def read(rec):
-        gts = {e: read_ground_truth(rec.root / e) for e in eyes}
-        return rec, gts, {e: read_sweep(rec, e) if fuser is not None else None for e in eyes}
+        return rec, {e: read_eye(rec, e, fuser is not None) for e in eyes}
 
     frames = []
-    for rec, gts, sweeps in read_ahead(read, find_stacks(root)):
-        images = {e: input_image(rec, e, gts[e], fuser, sweeps[e]) for e in eyes}
+    for rec, files in read_ahead(read, find_stacks(root)):
+        gts = {e: files[e][0] for e in eyes}
+        images = {e: input_image(rec, e, gts[e], fuser, files[e][1]) for e in eyes}
         frame = {
             "image": images["left"],
             "depth": None,

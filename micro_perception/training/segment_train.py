@@ -20,7 +20,7 @@ import torch
 from micro_perception.depth.segmentation import SegNet, SegNetConfig
 from micro_perception.errors import InputError
 from micro_perception.fusion.fuser import Fuser
-from micro_perception.sim.dataset import find_stacks, read_ground_truth
+from micro_perception.sim.dataset import find_stacks
 from micro_perception.training.common import (
     RandomCrops,
     TrainConfigBase,
@@ -29,7 +29,7 @@ from micro_perception.training.common import (
     run_training,
 )
 from micro_perception.training.depth_losses import mask_loss
-from micro_perception.training.depth_train import input_image, read_sweep
+from micro_perception.training.depth_train import input_image, read_eye
 
 
 @dataclass
@@ -95,10 +95,7 @@ def load_masked_images(
 
     def read(rec):
         eyes = [e for e in ("left", "right") if e in rec.slices]
-        return rec, [
-            (e, read_ground_truth(rec.root / e), read_sweep(rec, e) if fuser is not None else None)
-            for e in eyes
-        ]
+        return rec, [(e, *read_eye(rec, e, fuser is not None)) for e in eyes]
 
     items = []
     for rec, eyes in read_ahead(read, find_stacks(Path(root))):
