@@ -3,9 +3,10 @@
 # distance is at 36-40 um MAE, with the shipped network's masks at 50-56 um; the network's edges
 # are what is left). In one short run on one H100/H200 (about 11 minutes at the defaults):
 #   1. simulate a training set (fused 8-slice sweeps are the input) and 40 validation frames;
-#   2. train one or more SegNets side by side on CUDA, bf16 (CANDIDATES: a tiny U-Net leaves
-#      the GPU mostly idle, so two cost about the time of one), within TRAIN_BUDGET seconds, or
-#      within what is left of DEADLINE_S seconds after the simulation when that is set;
+#   2. train one or more SegNets side by side on CUDA, bf16 (CANDIDATES; on an H200 two took 20
+#      and 23 s per epoch side by side, one 13.6 s alone: models/segmentation.md), within
+#      TRAIN_BUDGET seconds, or within what is left of DEADLINE_S seconds after the simulation
+#      when that is set;
 #   3. with DIST_EVAL=1 (default), score them and the shipped weights on the README's 300
 #      distance frames (`simulate --seed 1 --split test`: the same scenes as data/distance_test)
 #      with the same stereo backend, `eval distance` and `eval compare`, and `eval segment` on
