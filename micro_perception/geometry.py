@@ -77,6 +77,13 @@ class GeometryConfig:
     end_depth_jump: float = 1.0e-3
     end_jump_reach: float = 0.25e-3
     min_rows: int = 12  # rows crossing the shaft needed for the silhouette method
+    # A row crossing the shaft is used for its axis only where its width lies within
+    # row_width_tol_px of the median row's in that view. A stretch of edge the network notched
+    # or bulged (a vessel passing behind the shaft, the optic disc) moves the row's centre by
+    # half the change, which shifts its disparity, and enough such rows tilt the axis by degrees.
+    # With fewer than min_rows such rows the tip's method places the axis; where it cannot (the
+    # tips' rows differ), every row is used again.
+    row_width_tol_px: float = 1.5
     min_row_angle_deg: float = 15.0  # shafts flatter than this are matched by their tip
     # Rows whose silhouette edge the network lost (against the optic disc, a shadow) bend the
     # 3D axis. Only when the axis fit's median residual exceeds refit_residual (m) is it refit
@@ -126,6 +133,8 @@ class GeometryConfig:
             raise InputError(f"ransac_threshold must be in (0, 1 mm), got {self.ransac_threshold}")
         if self.max_gap < 0:
             raise InputError(f"max_gap must be >= 0 m, got {self.max_gap}")
+        if self.row_width_tol_px <= 0:
+            raise InputError(f"row_width_tol_px must be > 0, got {self.row_width_tol_px}")
         if self.shaft_length <= 0 or self.shaft_start < 0:
             raise InputError("shaft_length must be > 0 and shaft_start >= 0")
         if self.refit_residual <= 0 or self.straight_row_tol_px <= 0:
@@ -686,10 +695,16 @@ def _axis_through_tip(pair, inst: Instrument2D, point, d3, radius_px) -> np.ndar
 
 
 def shaft_from_silhouettes(
-    pair: StereoPair, left: Instrument2D, right: Instrument2D, px_per_m: float, cfg
+    pair: StereoPair,
+    left: Instrument2D,
+    right: Instrument2D,
+    px_per_m: float,
+    cfg,
+    even_rows: bool = True,
 ):
     """Axis line from the left and right silhouettes (their straight edges where the shaft is
-    steep in the image, else their rows' centres), or None when too flat."""
+    steep in the image, else their rows' centres), or None when too flat or too few rows.
+    ``even_rows``: only rows within ``row_width_tol_px`` of the median row's width."""
     # The sine of the flatter view's angle to the image rows decides which reading applies.
     slope = min(abs(left.direction[1]), abs(right.direction[1]))
     if slope < np.sin(np.deg2rad(cfg.min_row_angle_deg)):
@@ -697,21 +712,26 @@ def shaft_from_silhouettes(
     w = left.mask.shape[1]
     rows = np.arange(left.mask.shape[0], dtype=float)
     use = np.ones(len(rows), bool)
+    even = np.ones(len(rows), bool)  # within row_width_tol_px of each view's median row
     centres, edges = [], []
     for inst in (left, right):
         c, length, single, first, last = _row_centres(inst.mask, inst.soft)
         edges.append((c - length / 2, c + length / 2))
         crossing = 2 * inst.radius_px / abs(inst.direction[1])  # across a straight shaft
         along = inst.along(c, rows)
-        use &= (
+        cand = (
             single
             & (first > 0)
             & (last < w - 1)  # a run cut by the image border has no centre
-            & (np.abs(length - crossing) <= 0.2 * crossing + 2)
             & (along >= 2 * inst.radius_px)  # past the rounded end
             & (along <= (cfg.shaft_start + cfg.shaft_length) * px_per_m)
         )
+        use &= cand & (np.abs(length - crossing) <= 0.2 * crossing + 2)
+        if cand.any():
+            even &= np.abs(length - np.median(length[cand])) <= cfg.row_width_tol_px
         centres.append(c)
+    if even_rows:
+        use &= even
     if use.sum() < cfg.min_rows:
         return None
     if slope >= np.sin(np.deg2rad(cfg.edge_lines_min_angle_deg)):
@@ -734,6 +754,21 @@ def shaft_from_silhouettes(
         if refit is not None and refit[2] < 0.5 * residual:
             point, d3, _ = refit
     return point, _orient(d3, left.direction)
+
+
+def _silhouette_axis(pair, left, right, px_per_m, cfg, out: Measurement, even_rows: bool):
+    """``shaft_from_silhouettes``, setting ``out.method``; None also for an axis that sinks."""
+    line = shaft_from_silhouettes(pair, left, right, px_per_m, cfg, even_rows)
+    # A shaft leaves the eye through a port in front of its tip (nearer the camera): an axis
+    # sinking away from the camera behind the tip was fit to mismatched rows.
+    if line is not None and line[1][2] > 0:
+        note = "the silhouettes' axis sank behind the tip: not used"
+        if note not in out.notes:
+            out.notes.append(note)
+        return None
+    if line is not None:
+        out.method = "silhouette"
+    return line
 
 
 def _centres_from_edge_lines(rows, edges, views, centres, use, cfg):
@@ -1290,14 +1325,7 @@ def measure(
     right = find_instrument(right_mask, px_per_m, cfg) if right_mask is not None else None
     if right is not None:
         inst = replace(inst, tip_radius_px=_working_end_radius_px(inst, right, cfg))
-        line = shaft_from_silhouettes(pair, inst, right, px_per_m, cfg)
-        # A shaft leaves the eye through a port in front of its tip (nearer the camera): an
-        # axis sinking away from the camera behind the tip was fit to mismatched rows.
-        if line is not None and line[1][2] > 0:
-            out.notes.append("the silhouettes' axis sank behind the tip: not used")
-            line = None
-        if line is not None:
-            out.method = "silhouette"
+        line = _silhouette_axis(pair, inst, right, px_per_m, cfg, out, even_rows=True)
     if line is None and right is not None:
         # A round end's silhouette is a circle about its centre: each view's tip extreme lies
         # r_px before the centre along that view's own shaft direction.
@@ -1309,6 +1337,11 @@ def measure(
                 c3 = back_project(pair, cl[0], cl[1], z_c)
                 line = c3, _direction_through_port(pair, out.retina, c3, inst, cfg)
                 out.method = "tip"
+    if line is None and right is not None:
+        # The tip's rows differ between the views: rows of uneven width still beat the depth map.
+        line = _silhouette_axis(pair, inst, right, px_per_m, cfg, out, even_rows=False)
+        if line is not None:
+            out.notes.append("shaft axis fit on rows of uneven width")
     if line is None:
         top = _shaft_top_depth(depth, inst, px_per_m, cfg)
         if top is None:

@@ -1,5 +1,7 @@
 """Instrument-to-retina geometry on analytic cases and on exactly rendered scenes."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -487,15 +489,70 @@ def test_an_edge_lost_along_the_shaft_in_one_view_is_repaired_from_the_other_edg
     no_repair = GeometryConfig(edge_repair_min_angle_deg=90.0)
     arch = 6.0 * np.sin(np.pi * (np.arange(len(rows)) + 0.5) / len(rows))
     notched = _notched(left, rows, arch)
-    off = measure(pair, depth, notched, right, cfg=no_repair).distance_normal
-    assert abs(off - clean) > 40e-6
-    assert measure(pair, depth, notched, right).distance_normal == pytest.approx(clean, abs=5e-6)
+    # Every row's width passes (the rows' width test alone also leaves most notched rows out).
+    wide = GeometryConfig(row_width_tol_px=1e3)
+    off = measure(pair, depth, notched, right, cfg=replace(wide, edge_repair_min_angle_deg=90.0))
+    assert abs(off.distance_normal - clean) > 40e-6
+    repaired = measure(pair, depth, notched, right, cfg=wide).distance_normal
+    assert repaired == pytest.approx(clean, abs=5e-6)
+    # The default leaves the rows notched by over row_width_tol_px out first; the shallow ends of
+    # the notch that stay keep the fit's residual under refit_residual, 6 um off.
+    assert measure(pair, depth, notched, right).distance_normal == pytest.approx(clean, abs=10e-6)
     stretch = shaft[int(0.2 * len(shaft)) : int(0.8 * len(shaft))]
     thinner = _notched(left, stretch, np.full(len(stretch), 3.0))
     assert (
         measure(pair, depth, thinner, right).distance_normal
         == measure(pair, depth, thinner, right, cfg=no_repair).distance_normal
     )
+
+
+def test_rows_a_notch_narrowed_are_left_out_of_the_shaft_axis(optics):
+    """A vessel passing behind a shaft 26 degrees to the rows: the network notches one edge up
+    to 6 px deep over the middle 30 % of the axis's rows, in one view. Those rows' centres and
+    disparities move by up to 3 px and tilt the axis, and neither refit recovers it. Rows narrower
+    than the median row by more than row_width_tol_px are not used, and it measures as the clean
+    masks do."""
+    scene = make_scene(5, optics, kind="needle", gap=0.3e-3)
+    depth, _, _ = exact_views(scene, optics)
+    left, right = covered_views(scene, optics)
+    pair = optics.stereo()
+    px_per_m = pair.left.fx / float(np.nanmedian(depth))
+    inst = find_instrument(left, px_per_m)
+    assert 25.0 <= np.degrees(np.arcsin(abs(inst.direction[1]))) < 30.0
+    clean = measure(pair, depth, left, right)
+    assert clean.method == "silhouette"
+    assert clean.distance_normal == pytest.approx(scene.gap_normal, abs=30e-6)
+    v, u = np.nonzero(inst.mask)
+    along = inst.along(u, v) / px_per_m
+    shaft = np.unique(v[(along > 1.6e-3) & (along < 4.6e-3)])
+    rows = shaft[int(0.4 * len(shaft)) : int(0.7 * len(shaft))]
+    notched = _notched(left, rows, 6.0 * np.sin(np.pi * (np.arange(len(rows)) + 0.5) / len(rows)))
+    every_width = GeometryConfig(row_width_tol_px=1e3)
+    off = measure(pair, depth, notched, right, cfg=every_width).distance_normal
+    assert abs(off - clean.distance_normal) > 40e-6
+    assert measure(pair, depth, notched, right).distance_normal == pytest.approx(
+        clean.distance_normal, abs=10e-6
+    )
+
+
+def test_too_few_rows_of_even_width_give_way_to_the_tip_then_to_every_row(optics):
+    """Where fewer than min_rows rows have the median row's width, the shaft's rows are not
+    trusted: the tip's disparity and the port's direction place the axis (docs/distance.md).
+    Where the tip's rows differ between the views too, every row is used, as before: the depth
+    map's axis is worse."""
+    scene = make_scene(3, optics, kind="needle", gap=0.3e-3)
+    depth, _, _ = exact_views(scene, optics)
+    left, right = covered_views(scene, optics)
+    pair = optics.stereo()
+    strict = GeometryConfig(row_width_tol_px=1e-4)  # no two rows' widths agree that closely
+    assert measure(pair, depth, left, right, cfg=strict).method == "tip"
+    no_tip = replace(strict, max_tip_row_offset_px=-1.0)
+    m = measure(pair, depth, left, right, cfg=no_tip)
+    assert m.method == "silhouette"
+    assert "shaft axis fit on rows of uneven width" in m.notes, m.notes
+    every = measure(pair, depth, left, right, cfg=replace(no_tip, row_width_tol_px=1e3))
+    assert "shaft axis fit on rows of uneven width" not in every.notes
+    assert m.distance_normal == every.distance_normal
 
 
 def test_a_notch_in_one_view_does_not_make_a_round_end_jaws(optics):
