@@ -81,7 +81,8 @@ def test_distance_follows_the_ground_truth_and_the_alert_switches(run):
 
 def test_with_nobody_taking_the_depth_image_the_distance_still_comes(sequence_cache):
     """A robot controller subscribes to the distance alone: the node skips the combined depth
-    image (its CPU time), says so in /diagnostics, and the distances are as good."""
+    image (its CPU time), says so in /diagnostics, and the distances are as good: over the
+    first three poses (2.5, 0.77, 0.24 mm), the bound the full run meets over the cycle."""
     import rclpy
 
     from micro_perception.ros.chain import run_chain
@@ -94,16 +95,16 @@ def test_with_nobody_taking_the_depth_image_the_distance_still_comes(sequence_ca
             sim=CONFIG | {"cache_dir": str(sequence_cache)},
             fusion={"slices_per_stack": 4, "device": "cpu", "publish_focus_depth": False},
             depth={"device": "cpu"},
-            done=lambda got: len(got["range"]) >= 3,
-            timeout=14.0,
+            done=lambda got: len(got["range"]) >= 6,
+            timeout=20.0,
             namespace="/lean",
             images=False,
         )
     finally:
         rclpy.shutdown(context=context)
-    assert "depth" not in got and len(got["range"]) >= 3
+    assert "depth" not in got and len(got["range"]) >= 6
     values = {kv.key: kv.value for kv in health.values}
     assert values["depth_image"] == "skipped: no subscriber" and values["fuse_ms"] == "-"
     truth = {stamp(m): m.range for m in got["truth"]}
     errors = [abs(m.range - truth[stamp(m)]) for m in got["range"] if stamp(m) in truth]
-    assert errors and np.median(errors) < 100e-6
+    assert len(errors) >= 6 and np.median(errors) < 60e-6, errors
