@@ -392,6 +392,13 @@ def test_the_straight_line_of_most_rows_not_a_band_across_two_groups():
         assert np.array_equal(_on_straight_line(rows, values, use, 0.78, seed), rows < 80)
 
 
+def _axis_rows(inst, px_per_m):
+    """The image rows the shaft's axis is fit on: 1.6-4.6 mm behind the tip."""
+    v, u = np.nonzero(inst.mask)
+    along = inst.along(u, v) / px_per_m
+    return np.unique(v[(along > 1.6e-3) & (along < 4.6e-3)])
+
+
 @pytest.mark.parametrize("seed,steep", [(3, False), (7, True)])
 def test_rows_the_network_displaced_are_left_out_of_the_shaft_axis(optics, seed, steep):
     """A third of the shaft rows moved 2 px along the rows (an edge lost against the optic
@@ -410,9 +417,7 @@ def test_rows_the_network_displaced_are_left_out_of_the_shaft_axis(optics, seed,
     clean = measure(pair, depth, left, right)
     assert clean.method == "silhouette"
     assert clean.distance_normal == pytest.approx(scene.gap_normal, abs=30e-6)
-    v, u = np.nonzero(inst.mask)
-    along = inst.along(u, v) / px_per_m
-    shaft = np.unique(v[(along > 1.6e-3) & (along < 4.6e-3)])  # rows the axis is fit on
+    shaft = _axis_rows(inst, px_per_m)
     moved = shaft[: int(0.35 * len(shaft))]
     bent = left.copy()
     bent[moved] = np.roll(left[moved], 2, axis=1)
@@ -466,6 +471,11 @@ def _notched(mask, rows, depth_px):
     return out
 
 
+def _arch(n, depth_px):
+    """Notch depths over n rows: 0 at both ends, depth_px at the middle."""
+    return depth_px * np.sin(np.pi * (np.arange(n) + 0.5) / n)
+
+
 def test_an_edge_lost_along_the_shaft_in_one_view_is_repaired_from_the_other_edge(optics):
     """The network loses a stretch of one edge of a shaft 36-40 degrees to the rows (against
     the optic disc): a notch 6 px deep at its middle over the far 70 % of the axis's rows. Their
@@ -482,13 +492,10 @@ def test_an_edge_lost_along_the_shaft_in_one_view_is_repaired_from_the_other_edg
     angle = np.degrees(np.arcsin(abs(inst.direction[1])))
     assert 25.0 <= angle < 45.0
     clean = measure(pair, depth, left, right).distance_normal
-    v, u = np.nonzero(inst.mask)
-    along = inst.along(u, v) / px_per_m
-    shaft = np.unique(v[(along > 1.6e-3) & (along < 4.6e-3)])
+    shaft = _axis_rows(inst, px_per_m)
     rows = shaft[int(0.3 * len(shaft)) :]
     no_repair = GeometryConfig(edge_repair_min_angle_deg=90.0)
-    arch = 6.0 * np.sin(np.pi * (np.arange(len(rows)) + 0.5) / len(rows))
-    notched = _notched(left, rows, arch)
+    notched = _notched(left, rows, _arch(len(rows), 6.0))
     # Every row's width passes (the rows' width test alone also leaves most notched rows out).
     wide = GeometryConfig(row_width_tol_px=1e3)
     off = measure(pair, depth, notched, right, cfg=replace(wide, edge_repair_min_angle_deg=90.0))
@@ -522,11 +529,9 @@ def test_rows_a_notch_narrowed_are_left_out_of_the_shaft_axis(optics):
     clean = measure(pair, depth, left, right)
     assert clean.method == "silhouette"
     assert clean.distance_normal == pytest.approx(scene.gap_normal, abs=30e-6)
-    v, u = np.nonzero(inst.mask)
-    along = inst.along(u, v) / px_per_m
-    shaft = np.unique(v[(along > 1.6e-3) & (along < 4.6e-3)])
+    shaft = _axis_rows(inst, px_per_m)
     rows = shaft[int(0.4 * len(shaft)) : int(0.7 * len(shaft))]
-    notched = _notched(left, rows, 6.0 * np.sin(np.pi * (np.arange(len(rows)) + 0.5) / len(rows)))
+    notched = _notched(left, rows, _arch(len(rows), 6.0))
     every_width = GeometryConfig(row_width_tol_px=1e3)
     off = measure(pair, depth, notched, right, cfg=every_width).distance_normal
     assert abs(off - clean.distance_normal) > 40e-6
