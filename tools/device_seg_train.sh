@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The segmentation network trained where there is compute for it (issue 6: with true masks the
-# distance is at 36-40 um MAE, with the shipped network's masks at 50-56 um; the network's edges
-# are what is left). In one short run on one H100/H200 (about 11 minutes at the defaults):
+# distance is at 32-39 um MAE on the six sets, with the shipped network's masks at 40-52 um; the
+# network's edges are what is left). In one short run on one H100/H200 (about 11 minutes at the defaults):
 #   1. simulate a training set (fused 8-slice sweeps are the input) and 40 validation frames;
 #   2. train one or more SegNets side by side on CUDA, bf16 (CANDIDATES; on an H200 two took 20
 #      and 23 s per epoch side by side, one 13.6 s alone: models/segmentation.md), within
