@@ -2,6 +2,11 @@
 # tools/device_hover_check.sh, tools/device_gpu_stereo.sh): "$1" is the log under $OUT that
 # everything is copied to. Installs the ROS 2 Kilted wheels carried in .whl/ into /tmp/rosenv and
 # exports what using them needs; defines stamp() and hover_side_by_side().
+# Filling .whl/ here (the GPU image's Python is 3.12; no registry is reachable there), e.g.:
+#   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --platform manylinux_2_28_x86_64 --platform any -d .whl \
+#     $(.venv/bin/python -m pip list --format=freeze | grep '^ros-') kornia==0.9.0 kornia_rs
+# (about 51 MB: `run --carry .whl`, under its 64 MiB).
 OUT=${OUT:-device_out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/$1") 2>&1
