@@ -12,6 +12,8 @@
 #      with the same stereo backend, `eval distance` and `eval compare`, and `eval segment` on
 #      the validation frames. DIST_EVAL=0 leaves the judging to the CPU machine, on all four
 #      held-out sets (README).
+# INIT=models/segmentation.pt fine-tunes the shipped network instead (with WIDTHS of its own,
+# "8 16 24 32 48", and a lower LR, e.g. 1e-3).
 # Results go to $OUT (default: device_out/): log.txt, seg_NAME.pt (a few MB) and train_NAME.json
 # per candidate, eval_*.json.
 # Locally, as a dry run on the CPU:
@@ -31,6 +33,8 @@ DEADLINE_S=${DEADLINE_S:-0}  # >0: training gets what is left of this, less TRAI
 TRAIN_MARGIN=${TRAIN_MARGIN:-170}  # s: loading and fusing the sweeps, validation, copying
 WIDTHS=${WIDTHS:-16 24 32 48 64}
 CANDIDATES=${CANDIDATES:-new:$WIDTHS}  # "NAME:WIDTHS;NAME:WIDTHS", trained side by side
+INIT=${INIT:-}  # a checkpoint to fine-tune (e.g. models/segmentation.pt); empty: random weights
+LR=${LR:-3e-3}
 TIP_WEIGHT=${TIP_WEIGHT:-1}  # 5: the loss weight of the tip's disc (models/segmentation.md)
 LOADERS=${LOADERS:-4}  # data-loader processes per candidate
 DIST_EVAL=${DIST_EVAL:-1}
@@ -53,6 +57,8 @@ if [ "$DEADLINE_S" -gt 0 ]; then
   TRAIN_BUDGET=$(( DEADLINE_S - SECONDS - TRAIN_MARGIN ))
   [ "$TRAIN_BUDGET" -lt 30 ] && TRAIN_BUDGET=30
 fi
+INIT_ARG=()
+[ -n "$INIT" ] && INIT_ARG=(--init "$INIT")
 IFS=';' read -ra CANDS <<< "$CANDIDATES"
 NAMES=()
 PIDS=()
@@ -64,7 +70,7 @@ for cand in "${CANDS[@]}"; do
   # shellcheck disable=SC2086  # widths is a list of numbers
   timeout $((TRAIN_BUDGET + TRAIN_MARGIN)) $MP train segment --data "$WORK/train" \
     --val "$WORK/val" --out "$WORK/seg_$name.pt" --input fused --widths $widths --epochs 60 \
-    --batch "$BATCH" --size "$CROP" --crops-per-frame 2 --lr 3e-3 --tip-crops 0.4 \
+    --batch "$BATCH" --size "$CROP" --crops-per-frame 2 --lr "$LR" "${INIT_ARG[@]}" --tip-crops 0.4 \
     --bright-crops 0.1 --bright-weight 3 --tip-weight "$TIP_WEIGHT" --workers "$LOADERS" $AMP \
     --time-budget "$TRAIN_BUDGET" --device "$DEVICE" \
     2>"$WORK/train_$name.err" > "$OUT/train_$name.json" &
