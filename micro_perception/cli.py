@@ -502,6 +502,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
         help="a light pipe's fibre glows this far past its metal sleeve, m (the virtual "
         "microscope's 0.35 mm; 0: the mask's end is believed)",
     )
+    p.add_argument(
+        "--symmetric-jaws",
+        action="store_true",
+        help="the instrument has two straight jaws symmetric about its shaft (forceps): a jaw "
+        "hidden behind the other is placed by symmetry (not for scissors)",
+    )
 
 
 def _pipeline_config(args: argparse.Namespace, **kwargs):
@@ -512,7 +518,9 @@ def _pipeline_config(args: argparse.Namespace, **kwargs):
     return PipelineConfig(
         seg_flips=args.seg_flips,
         stereo=StereoConfig(backend=args.stereo_backend),
-        geometry=GeometryConfig(bright_end_length=args.light_pipe_glow),
+        geometry=GeometryConfig(
+            bright_end_length=args.light_pipe_glow, symmetric_jaws=args.symmetric_jaws
+        ),
         **kwargs,
     )
 
@@ -948,6 +956,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
                 "seg_flips": args.seg_flips,
                 "stereo_backend": args.stereo_backend,
                 "light_pipe_glow": args.light_pipe_glow,
+                "symmetric_jaws": args.symmetric_jaws,
             },
             done,
             args.timeout,
@@ -1257,6 +1266,7 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
         args.alert_distance,
         args.limit,
         progress=not args.json,
+        known_instrument=args.known_instrument,
     )
     frames = result.pop("_frames")
     if args.frames:
@@ -1698,6 +1708,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
     _add_pipeline_args(p)
+    p.add_argument(
+        "--known-instrument",
+        action="store_true",
+        help="tell the geometry each frame's instrument, as a robot that knows its mounted tool "
+        "would: --symmetric-jaws for the forceps' frames",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])
     p.add_argument("--alert-distance", type=float, default=0.5e-3, help="m")

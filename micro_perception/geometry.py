@@ -76,6 +76,16 @@ class GeometryConfig:
     # depth, so the other jaw's tip next to this one stays.
     end_depth_jump: float = 1.0e-3
     end_jump_reach: float = 0.25e-3
+    # The mounted instrument's working end is two straight jaws symmetric about its shaft
+    # (forceps), as a robot that knows its tool can say. A jaw opening away from the cameras
+    # hides behind the other in both views, and the distance was read from the seen one (0.1-0.25
+    # mm too far). Then the seen jaw's rows turned 180 degrees about the shaft's axis stand for
+    # it. Off unless told: curved blades (scissors) are not symmetric, and turned they read up
+    # to 0.35 mm too near.
+    symmetric_jaws: bool = False
+    # The turned rows are used only where they read this much (m) nearer than the seen ones:
+    # each row's depth is noisy, and the lowest of both sets is lower than either's.
+    hidden_jaw_min_gain: float = 150e-6
     min_rows: int = 12  # rows crossing the shaft needed for the silhouette method
     # A row crossing the shaft is used for its axis only where its width lies within
     # row_width_tol_px of the median row's in that view. A stretch of edge the network notched
@@ -1264,6 +1274,29 @@ def _end_px(inst: Instrument2D, ref: Instrument2D) -> tuple[float, float]:
     return float(np.average(cu, weights=weight)), float(np.average(cv, weights=weight))
 
 
+def hidden_jaw_points(pair, left: Instrument2D, right: Instrument2D, pts, point, d3, sphere, cfg):
+    """The working end's points ``pts`` turned 180 degrees about the shaft's axis (through
+    ``point`` along ``d3``) that both silhouettes hold: where symmetric jaws' other jaw may hide.
+    Empty unless they read ``hidden_jaw_min_gain`` nearer the retina than ``pts``."""
+    q = pts - point
+    turned = point + 2 * (q @ d3)[:, None] * d3 - q
+    keep = np.ones(len(turned), bool)
+    grow = np.ones((3, 3), np.uint8)  # a pixel of slack for the edges' rounding
+    for view, inst in ((0, left), (1, right)):
+        mask = cv2.dilate(inst.mask.astype(np.uint8), grow) > 0
+        uv = np.round(view_uv(pair, turned, view)).astype(int)
+        h, w = mask.shape
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        keep[inside] &= mask[uv[inside, 1], uv[inside, 0]]
+        keep &= inside
+    turned = turned[keep]
+    if not len(turned):
+        return turned
+    pct = cfg.end_percentile
+    gain = np.percentile(sphere.gap(pts), pct) - np.percentile(sphere.gap(turned), pct)
+    return turned if gain >= cfg.hidden_jaw_min_gain else turned[:0]
+
+
 def _points_gaps(sphere: SphereFit, pts: np.ndarray, radius: float, pct: float):
     """(normal gap, axial gap, nearest point, its foot) of tubes of ``radius`` around axis
     points ``pts``: the ``pct`` percentile of their gaps, not the minimum, against stray rows."""
@@ -1401,15 +1434,21 @@ def measure(
         parts.append(capsule_gaps(out.retina, centre, d3, r_tip, cfg.shaft_start))
     if end is not None and (thin or out.method == "silhouette"):
         pts, r_px = end
+        rows = len(pts)
         if thin:
             r_px, pct = inst.tip_radius_px, cfg.end_percentile
+            if cfg.symmetric_jaws and out.method == "silhouette":
+                hidden = hidden_jaw_points(pair, inst, right, pts, point, d3, out.retina, cfg)
+                if len(hidden):
+                    pts = np.vstack([pts, hidden])
+                    out.notes.append("a jaw hidden behind the other placed by symmetry")
         else:  # one mismatched row must not make the distance
             pct = 10.0
         parts.append(
             _points_gaps(out.retina, pts, r_px * float(np.median(pts[:, 2])) / pair.left.fx, pct)
         )
         kind = "jaws or blades" if thin else "working end"
-        out.notes.append(f"{kind} measured on {len(pts)} rows")
+        out.notes.append(f"{kind} measured on {rows} rows")
     tip3 = end_point(pair, inst, right, cfg) if thin and right is not None else None
     if tip3 is not None:  # the silhouette's edge: the surface lies r_tip further down
         parts.append(_points_gaps(out.retina, tip3[None], r_tip, 0.0))

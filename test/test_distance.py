@@ -99,6 +99,12 @@ def test_seg_flips_average_the_mirrored_images_probabilities(needle):
 
     for argv in (["eval", "distance", "--data", "d"], ["eval", "hover"]):
         assert build_parser().parse_args(argv).seg_flips == PipelineConfig().seg_flips
+    # --symmetric-jaws reaches the geometry; off unless given.
+    from micro_perception.cli import _pipeline_config
+
+    for flag in ([], ["--symmetric-jaws"]):
+        args = build_parser().parse_args(["eval", "hover", *flag])
+        assert _pipeline_config(args).geometry.symmetric_jaws is bool(flag)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "distance", "--data", "d", "--seg-flips", "3"])
     assert all(
@@ -172,6 +178,7 @@ def test_eval_distance_json_on_a_small_set(tmp_path, simulate, cli_json):
         "--input",
         "aif",
         "--oracle-masks",
+        "--known-instrument",
         "--frames",
         str(frames),
     )
@@ -183,6 +190,7 @@ def test_eval_distance_json_on_a_small_set(tmp_path, simulate, cli_json):
     n_ranges = sum(r["n"] for r in result["by_range"].values())
     assert sum(r["n"] for r in result["by_instrument"].values()) == n_ranges
     assert result["_meta"]["frames"] == 3 and result["_meta"]["masks"] == "oracle"
+    assert result["_meta"]["instrument_known"] is True
     assert len(rows) == 3 and {"true_m", "measured_m", "method"} <= set(rows[0])
 
 

@@ -712,3 +712,35 @@ def test_the_retina_fit_back_projects_only_what_it_samples_and_fits_the_same_sph
     fast = fit_retina(depth, pair, mask, None, cfg)
     assert np.array_equal(full.centre, fast.centre) and full.radius == fast.radius
     assert (full.residual, full.inliers) == (fast.residual, fast.inliers)
+
+
+def test_a_jaw_hidden_behind_the_other_is_placed_by_symmetry_when_told(optics):
+    """Forceps whose jaws open away from the cameras: the lower jaw hides behind the upper one in
+    both views, and the distance is read from the upper (scene seeds of two distance sets). Told
+    that the jaws are symmetric, the geometry turns the seen jaw about the shaft's axis."""
+    told = GeometryConfig(symmetric_jaws=True)
+    plain, turned = [], []
+    for seed in (193000071, 193000040, 193000276, 133000003, 133000282):
+        scene = make_scene(seed, optics)
+        assert scene.instrument.kind == "forceps"
+        depth, mask, right_mask = exact_views(scene, optics)
+        m0 = measure(optics.stereo(), depth, mask, right_mask)
+        m1 = measure(optics.stereo(), depth, mask, right_mask, cfg=told)
+        assert m0.ok and m1.ok, (m0.reason, m1.reason)
+        assert "a jaw hidden behind the other placed by symmetry" in m1.notes, m1.notes
+        plain.append(m0.distance_normal - scene.gap_normal)
+        turned.append(m1.distance_normal - scene.gap_normal)
+    assert min(plain) > 100e-6, np.round(np.array(plain) * 1e6)  # all read too far
+    assert max(np.abs(turned)) < 70e-6, np.round(np.array(turned) * 1e6)
+
+
+def test_symmetric_jaws_leave_jaws_both_views_see_as_they_were(optics):
+    """Where both jaws are seen, their turned rows add nothing nearer: the same scenes as the
+    jaws' test read the same told or not."""
+    told = GeometryConfig(symmetric_jaws=True)
+    for seed in range(1, 9):
+        scene = make_scene(seed, optics, kind="forceps", gap=0.3e-3)
+        depth, mask, right_mask = exact_views(scene, optics)
+        m0 = measure(optics.stereo(), depth, mask, right_mask)
+        m1 = measure(optics.stereo(), depth, mask, right_mask, cfg=told)
+        assert m1.distance_normal == pytest.approx(m0.distance_normal, abs=1e-9), seed

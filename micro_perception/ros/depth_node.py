@@ -161,6 +161,13 @@ PARAMS = [
         2e-3,
         read_only=True,
     ),
+    ParamSpec(
+        "symmetric_jaws",
+        GeometryConfig.symmetric_jaws,
+        "the mounted instrument has two straight jaws symmetric about its shaft (forceps): a jaw "
+        "hidden behind the other is placed by symmetry; false for scissors and unknown tools",
+        read_only=True,
+    ),
     ParamSpec("range_max", 0.02, "Range.max_range, m", 1e-3, 1.0, read_only=True),
     ParamSpec(
         "queue_policy",
@@ -183,7 +190,9 @@ class DepthNode(Node):
                 mask_threshold=p["mask_threshold"],
                 seg_flips=p["seg_flips"],
                 stereo=StereoConfig(backend=p["stereo_backend"]),
-                geometry=GeometryConfig(bright_end_length=p["light_pipe_glow"]),
+                geometry=GeometryConfig(
+                    bright_end_length=p["light_pipe_glow"], symmetric_jaws=p["symmetric_jaws"]
+                ),
             ),
             depth_weights=p["depth_weights"] or None,
             seg_weights=p["seg_weights"] or "default",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,10 @@ def evaluate_distance(
     alert_distance: float = 0.5e-3,
     limit: int | None = None,
     progress: bool = True,
+    known_instrument: bool = False,
 ) -> dict:
+    """``known_instrument``: each frame's geometry is told its instrument, as a robot that
+    knows its mounted tool would (``symmetric_jaws`` for forceps)."""
     from tqdm import tqdm
 
     if input_kind not in ("fused", "aif"):
@@ -79,8 +83,12 @@ def evaluate_distance(
     fuser = Fuser("net", "cpu") if input_kind == "fused" else None
     records = find_stacks(root)[:limit]
     rows = []
+    base = pipeline.cfg
     for rec in tqdm(records, desc="eval distance", unit="frame", disable=not progress):
         meta = json.loads((rec.root / "meta.json").read_text())
+        if known_instrument:
+            jaws = meta.get("instrument") == "forceps"
+            pipeline.cfg = replace(base, geometry=replace(base.geometry, symmetric_jaws=jaws))
         gts, _, images = eval_frame(rec, fuser)
         masks = None
         if oracle_masks:
@@ -111,7 +119,10 @@ def evaluate_distance(
                 "ms": ms,
             }
         )
-    return summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, str(root))
+    pipeline.cfg = base
+    out = summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, str(root))
+    out["_meta"]["instrument_known"] = known_instrument
+    return out
 
 
 def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, data) -> dict:
