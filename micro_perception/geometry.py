@@ -145,6 +145,8 @@ class GeometryConfig:
             raise InputError(f"max_gap must be >= 0 m, got {self.max_gap}")
         if self.row_width_tol_px <= 0:
             raise InputError(f"row_width_tol_px must be > 0, got {self.row_width_tol_px}")
+        if self.hidden_jaw_min_gain < 0:
+            raise InputError(f"hidden_jaw_min_gain must be >= 0 m, got {self.hidden_jaw_min_gain}")
         if self.shaft_length <= 0 or self.shaft_start < 0:
             raise InputError("shaft_length must be > 0 and shaft_start >= 0")
         if self.refit_residual <= 0 or self.straight_row_tol_px <= 0:

@@ -72,8 +72,6 @@ def evaluate_distance(
 ) -> dict:
     """``known_instrument``: each frame's geometry is told its instrument, as a robot that
     knows its mounted tool would (``symmetric_jaws`` for forceps)."""
-    from tqdm import tqdm
-
     if input_kind not in ("fused", "aif"):
         raise InputError(f"input must be fused or aif, got {input_kind!r}")
     if mode not in ("normal", "axial"):
@@ -82,11 +80,27 @@ def evaluate_distance(
     pair = dataset_stereo_pair(root)
     fuser = Fuser("net", "cpu") if input_kind == "fused" else None
     records = find_stacks(root)[:limit]
-    rows = []
     base = pipeline.cfg
+    try:
+        rows = _measure_frames(
+            records, pipeline, fuser, pair, oracle_masks, mode, progress, known_instrument
+        )
+    finally:
+        pipeline.cfg = base
+    out = summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, str(root))
+    out["_meta"]["instrument_known"] = known_instrument
+    return out
+
+
+def _measure_frames(records, pipeline, fuser, pair, oracle_masks, mode, progress, known):
+    """One row per frame: the measured distance against the scene's truth."""
+    from tqdm import tqdm
+
+    base = pipeline.cfg
+    rows = []
     for rec in tqdm(records, desc="eval distance", unit="frame", disable=not progress):
         meta = json.loads((rec.root / "meta.json").read_text())
-        if known_instrument:
+        if known:
             jaws = meta.get("instrument") == "forceps"
             pipeline.cfg = replace(base, geometry=replace(base.geometry, symmetric_jaws=jaws))
         gts, _, images = eval_frame(rec, fuser)
@@ -119,10 +133,7 @@ def evaluate_distance(
                 "ms": ms,
             }
         )
-    pipeline.cfg = base
-    out = summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, str(root))
-    out["_meta"]["instrument_known"] = known_instrument
-    return out
+    return rows
 
 
 def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, data) -> dict:
