@@ -123,6 +123,10 @@ class GeometryConfig:
     edge_repair_min_angle_deg: float = 25.0
     edge_repair_radius_tol_px: float = 0.8
     max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
+    # A silhouette whose tip lies closer than this (m) to the image's edge is not measured: the
+    # tip may lie beyond the view. The optic disc cut by the image's edge, which a network can
+    # take for a short instrument, ends there too (it read as contact).
+    tip_border_margin: float = 0.15e-3
     # A light pipe's fibre glows for this long (m) past the end of its metal sleeve, the
     # virtual microscope's 0.35 mm; set it to your light pipe's (0: the mask's end is believed).
     # The glowing end against the glow it casts on the retina has no edge to segment, but the
@@ -164,6 +168,8 @@ class GeometryConfig:
                 "bright_end_length must be in [0, 2 mm] and bright_end_contrast in (0, 1), got "
                 f"{self.bright_end_length} and {self.bright_end_contrast}"
             )
+        if self.tip_border_margin < 0:
+            raise InputError(f"tip_border_margin must be >= 0 m, got {self.tip_border_margin}")
         if self.end_depth_jump <= 0 or self.end_jump_reach <= 0:
             raise InputError(
                 "end_depth_jump and end_jump_reach must be > 0 m, got "
@@ -1353,6 +1359,10 @@ def measure(
     inst = _find_instrument(hard, soft, px_per_m, cfg) if hard.any() else None
     if inst is None:
         out.reason = "no instrument in view"
+        return out
+    if _border_distance(inst.tip_px[None], hard.shape)[0] < cfg.tip_border_margin * px_per_m:
+        out.reason = "the instrument's tip is at the image's edge: it may lie beyond the view"
+        out.instrument_mask = inst.mask
         return out
     out.tip_px = inst.tip_px
     out.instrument_mask = inst.mask

@@ -113,6 +113,24 @@ def test_measure_on_exact_views_to_tens_of_micrometres(optics, seed, kind, gap):
     assert m.retina.residual < 5e-6
 
 
+def test_a_silhouette_ending_at_the_image_edge_is_not_measured(optics):
+    """A network took the optic disc cut by the image's top edge for a short instrument
+    lying along that edge (a frame without one): it read as contact, a false alarm."""
+    from micro_perception.sim.scene import SceneConfig
+
+    scene = make_scene(5, optics, config=SceneConfig(p_no_instrument=1.0))
+    depth, _, _ = exact_views(scene, optics)
+    sliver = np.zeros(depth.shape, bool)
+    sliver[0:7, 280:330] = True  # both of its ends lie on the edge
+    m = measure(optics.stereo(), depth, sliver, np.roll(sliver, -12, axis=1))
+    assert not m.ok and "image's edge" in m.reason
+    assert m.distance("normal") == np.inf
+    # Without the margin the same masks are measured: the rule, not a failed fit, refused them.
+    loose = replace(GeometryConfig(), tip_border_margin=0.0)
+    m = measure(optics.stereo(), depth, sliver, np.roll(sliver, -12, axis=1), cfg=loose)
+    assert "image's edge" not in m.reason and m.tip_px is not None
+
+
 def test_without_the_right_mask_the_distance_is_flagged_as_biased(optics):
     scene = make_scene(3, optics, kind="needle", gap=0.6e-3)
     depth, mask, _ = exact_views(scene, optics)
