@@ -54,6 +54,14 @@ class GeometryConfig:
     contact_tolerance: float = 1.0e-3  # m inside the retina still read as contact (0), not unknown
     retina_margin_px: int = 10  # excluded around the instrument (mixed pixels, its shadow edge)
     min_confidence: float = 0.2  # stereo confidence a retina point needs
+    # The sphere fit to the matcher's depth is then aligned on the images themselves: the
+    # disparity it implies, plus an offset and a tilt across the image, is what carries the
+    # right view's texture onto the left's (Gauss-Newton on band-passed images). The matcher's
+    # sub-pixel disparities lean toward whole pixels, which left the fitted retina 5 um too near
+    # on average and 10 um off per frame. 0 iterations: the fit as it was.
+    retina_align_iterations: int = 6
+    retina_align_samples: int = 20000  # retina pixels the alignment samples
+    retina_align_max_offset_px: float = 0.5  # a larger correction is not believed: fit kept
     min_retina_points: int = 400
     max_retina_points: int = 6000  # subsampled for the fit
     ransac_iterations: int = 100
@@ -167,6 +175,16 @@ class GeometryConfig:
             raise InputError(
                 "bright_end_length must be in [0, 2 mm] and bright_end_contrast in (0, 1), got "
                 f"{self.bright_end_length} and {self.bright_end_contrast}"
+            )
+        if self.retina_align_iterations < 0 or self.retina_align_samples < self.min_retina_points:
+            raise InputError(
+                "retina_align_iterations must be >= 0 and retina_align_samples >= "
+                f"min_retina_points, got {self.retina_align_iterations} and "
+                f"{self.retina_align_samples}"
+            )
+        if self.retina_align_max_offset_px <= 0:
+            raise InputError(
+                f"retina_align_max_offset_px must be > 0, got {self.retina_align_max_offset_px}"
             )
         if self.tip_border_margin < 0:
             raise InputError(f"tip_border_margin must be >= 0 m, got {self.tip_border_margin}")
@@ -338,6 +356,89 @@ def fit_retina(
     if keep is not None:
         v, u = v[keep], u[keep]
     return _ransac_sphere(back_project(pair, u, v, depth[v, u]), cfg, rng)
+
+
+def _band_pass(image: np.ndarray) -> np.ndarray:
+    """Grey texture with the illumination's slow changes removed: a small Gaussian less a
+    13-pixel box mean (a box costs a fifth of a wide Gaussian)."""
+    g = np.asarray(image)
+    if g.dtype != np.uint8:
+        g = np.clip(np.asarray(g, np.float32) * 255.0, 0, 255).astype(np.uint8)
+    g = (cv2.cvtColor(g, cv2.COLOR_RGB2GRAY) if g.ndim == 3 else g).astype(np.float32) / 255.0
+    return cv2.GaussianBlur(g, (5, 5), 1.0) - cv2.boxFilter(g, -1, (13, 13))
+
+
+def sphere_depth_along_rays(pair: StereoPair, u, v, sphere: SphereFit) -> np.ndarray:
+    """Depth (z, m) where each pixel's ray meets the sphere's far side; NaN where it misses."""
+    cam = pair.left
+    r = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones(np.shape(u))], -1)
+    c = sphere.centre
+    rc, rr = r @ c, (r * r).sum(-1)
+    with np.errstate(invalid="ignore"):
+        return (rc + np.sqrt(rc**2 - rr * (c @ c - sphere.radius**2))) / rr
+
+
+def align_retina(
+    sphere: SphereFit,
+    pair: StereoPair,
+    images: tuple[np.ndarray, np.ndarray],
+    instrument: np.ndarray,
+    right_instrument: np.ndarray | None,
+    cfg: GeometryConfig,
+) -> tuple[SphereFit, str | None]:
+    """The sphere re-fit to the disparities that align the two views' retina texture: the
+    sphere's own disparities corrected by an offset and a tilt across the image, found by
+    Gauss-Newton (Huber-weighted) on band-passed images. Pixels near the instrument in either
+    view are left out (hidden in the other view, or mixed with it). Returns the sphere and
+    None, or the fit unchanged and why."""
+    left, right = _band_pass(images[0]), _band_pass(images[1])
+    h, w = left.shape
+    k = 2 * cfg.retina_margin_px + 1
+    kernel = np.ones((k, k), np.uint8)
+    near_l = cv2.dilate(instrument.astype(np.uint8), kernel) > 0
+    near_r = (
+        cv2.dilate(right_instrument.astype(np.uint8), kernel) > 0
+        if right_instrument is not None
+        else np.zeros_like(near_l)
+    )
+    step = max(1, int(np.sqrt(h * w / cfg.retina_align_samples)))  # a grid: no draw to pay
+    v, u = np.mgrid[step // 2 : h : step, step // 2 : w : step].reshape(2, -1)
+    keep = ~near_l[v, u]
+    v, u = v[keep], u[keep]
+    d0 = pair.disparity_from_depth(sphere_depth_along_rays(pair, u, v, sphere))
+    ur = u - d0
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(d0) & (ur > 2) & (ur < w - 3)
+    ok[ok] = ~near_r[v[ok], np.round(ur[ok]).astype(int)]
+    if ok.sum() < cfg.min_retina_points:
+        return sphere, "too few retina pixels to align the views on"
+    u, v, d0 = u[ok].astype(np.float64), v[ok].astype(np.float64), d0[ok]
+    basis = np.stack([np.ones_like(u), (u - w / 2) / w, (v - h / 2) / h], 1)
+    grad = cv2.Sobel(right, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    target = left[v.astype(int), u.astype(int)]
+    rows = v.astype(np.float32)[None]
+    p = np.zeros(3)
+    for _ in range(cfg.retina_align_iterations):
+        cols = (u - d0 - basis @ p).astype(np.float32)[None]
+        r = target - cv2.remap(right, cols, rows, cv2.INTER_LINEAR)[0]
+        jac = cv2.remap(grad, cols, rows, cv2.INTER_LINEAR)[0][:, None] * basis
+        scale = 1.4826 * float(np.median(np.abs(r))) + 1e-9
+        wt = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(r), 1e-12))[:, None]
+        try:
+            step = -np.linalg.solve((jac * wt).T @ jac, (jac * wt).T @ r)
+        except np.linalg.LinAlgError:
+            return sphere, "no texture to align the views on"
+        p += step
+        if np.abs(step).max() < 1e-4:
+            break
+    correction = basis @ p
+    if not np.isfinite(p).all() or np.abs(correction).max() > cfg.retina_align_max_offset_px:
+        return sphere, f"view alignment moved the retina {np.abs(correction).max():.2f} px"
+    pts = back_project(pair, u, v, pair.depth_from_disparity(d0 + correction))
+    fit = _sphere_lstsq(pts[np.isfinite(pts).all(1)])
+    if fit is None:
+        return sphere, "the aligned retina fits no sphere"
+    return SphereFit(fit[0], fit[1], sphere.residual, sphere.inliers), None
 
 
 def _ransac_sphere(p: np.ndarray, cfg: GeometryConfig, rng: np.random.Generator) -> SphereFit:
@@ -1332,8 +1433,8 @@ def measure(
     ``depth`` is the left depth (m, NaN unknown); ``mask`` and ``right_mask`` the instrument in
     the left and right images, hard or as probabilities (``soft_mask``: a network's edges at
     sub-pixel precision); ``images`` the left and right images themselves (RGB, uint8 or float
-    in [0, 1]), where a light pipe's glowing end is looked for. Never raises on a bad scene: the
-    result says why it is unknown.
+    in [0, 1]), on which the retina is aligned and a light pipe's glowing end is looked for.
+    Never raises on a bad scene: the result says why it is unknown.
     """
     cfg = cfg or GeometryConfig()
     if depth.ndim != 2:
@@ -1354,6 +1455,11 @@ def measure(
     except InputError as exc:
         out.reason = f"retina fit failed: {exc}"
         return out
+    if images is not None and cfg.retina_align_iterations > 0:
+        right_hard = soft_mask(right_mask)[0] if right_mask is not None else None
+        out.retina, why = align_retina(out.retina, pair, images, hard, right_hard, cfg)
+        if why:
+            out.notes.append(f"retina not aligned on the images: {why}")
     z0 = float(np.nanmedian(depth)) if np.isfinite(depth).any() else pair.convergence_distance
     px_per_m = pair.left.fx / z0
     inst = _find_instrument(hard, soft, px_per_m, cfg) if hard.any() else None
