@@ -131,9 +131,10 @@ class GeometryConfig:
     edge_repair_min_angle_deg: float = 25.0
     edge_repair_radius_tol_px: float = 0.8
     max_tip_row_offset_px: float = 3.0  # left and right tips must lie on one row
-    # A silhouette whose tip lies closer than this (m) to the image's edge is not measured: the
-    # tip may lie beyond the view. The optic disc cut by the image's edge, which a network can
-    # take for a short instrument, ends there too (it read as contact).
+    # A silhouette whose tip lies closer than this (m) to the view's edge (the image's border,
+    # or the vignette's dark rim) is not measured: the tip may lie beyond it. The optic disc cut
+    # by that edge, which a network can take for a short instrument, ends there too (it read as
+    # contact).
     tip_border_margin: float = 0.15e-3
     # A light pipe's fibre glows for this long (m) past the end of its metal sleeve, the
     # virtual microscope's 0.35 mm; set it to your light pipe's (0: the mask's end is believed).
@@ -401,7 +402,7 @@ def align_retina(
         if right_instrument is not None
         else np.zeros_like(near_l)
     )
-    step = max(1, int(np.sqrt(h * w / cfg.retina_align_samples)))  # a grid: no draw to pay
+    step = max(1, int(np.ceil(np.sqrt(h * w / cfg.retina_align_samples))))  # a grid, no draw
     v, u = np.mgrid[step // 2 : h : step, step // 2 : w : step].reshape(2, -1)
     keep = ~near_l[v, u]
     v, u = v[keep], u[keep]
@@ -416,12 +417,19 @@ def align_retina(
     basis = np.stack([np.ones_like(u), (u - w / 2) / w, (v - h / 2) / h], 1)
     grad = cv2.Sobel(right, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     target = left[v.astype(int), u.astype(int)]
-    rows = v.astype(np.float32)[None]
+    rows = v.astype(np.float32)
+
+    def sample(image, cols):  # cv2.remap takes maps under 32767 wide: fold them into rows
+        n = len(cols)
+        pad = -n % 1024
+        maps = [np.pad(a, (0, pad), mode="edge").reshape(-1, 1024) for a in (cols, rows)]
+        return cv2.remap(image, *maps, cv2.INTER_LINEAR).reshape(-1)[:n]
+
     p = np.zeros(3)
     for _ in range(cfg.retina_align_iterations):
-        cols = (u - d0 - basis @ p).astype(np.float32)[None]
-        r = target - cv2.remap(right, cols, rows, cv2.INTER_LINEAR)[0]
-        jac = cv2.remap(grad, cols, rows, cv2.INTER_LINEAR)[0][:, None] * basis
+        cols = (u - d0 - basis @ p).astype(np.float32)
+        r = target - sample(right, cols)
+        jac = sample(grad, cols)[:, None] * basis
         scale = 1.4826 * float(np.median(np.abs(r))) + 1e-9
         wt = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(r), 1e-12))[:, None]
         try:
@@ -609,6 +617,36 @@ def _fill_holes(comp: np.ndarray, max_px: float) -> np.ndarray:
 def _border_distance(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     return np.minimum.reduce([pts[:, 0], pts[:, 1], w - 1 - pts[:, 0], h - 1 - pts[:, 1]])
+
+
+def _dark_rim(image: np.ndarray, level: float = 10 / 255, min_px: int = 500) -> np.ndarray:
+    """The microscope's vignette: near-black pixels in regions that reach the image's border
+    (dark instrument parts do not)."""
+    g = np.asarray(image)
+    if g.dtype != np.uint8:
+        g = np.clip(np.asarray(g, np.float32) * 255.0, 0, 255).astype(np.uint8)
+    g = cv2.blur(cv2.cvtColor(g, cv2.COLOR_RGB2GRAY) if g.ndim == 3 else g, (5, 5))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats((g < level * 255).astype(np.uint8))
+    h, w = g.shape
+    x, y, bw, bh, area = stats.T
+    rim = (area >= min_px) & ((x == 0) | (y == 0) | (x + bw == w) | (y + bh == h))
+    rim[0] = False  # the label of the pixels that are not dark
+    return rim[labels]
+
+
+def _tip_at_view_edge(tip_px, shape, images, margin_px: float) -> bool:
+    """Whether the tip lies within ``margin_px`` of the image's border or, given the images,
+    of the vignette's dark rim in the left one."""
+    if _border_distance(np.asarray(tip_px)[None], shape)[0] < margin_px:
+        return True
+    if images is None or margin_px <= 0:
+        return False
+    u, v = np.round(tip_px).astype(int)
+    r = int(np.ceil(margin_px))
+    rim = _dark_rim(images[0])[max(v - r, 0) : v + r + 1, max(u - r, 0) : u + r + 1]
+    dv, du = np.nonzero(rim)
+    dv, du = dv + max(v - r, 0) - tip_px[1], du + max(u - r, 0) - tip_px[0]
+    return bool(len(dv)) and float(np.min(np.hypot(du, dv))) < margin_px
 
 
 def _centre_line(comp: np.ndarray, horizontal: bool, soft: np.ndarray | None = None):
@@ -1466,8 +1504,8 @@ def measure(
     if inst is None:
         out.reason = "no instrument in view"
         return out
-    if _border_distance(inst.tip_px[None], hard.shape)[0] < cfg.tip_border_margin * px_per_m:
-        out.reason = "the instrument's tip is at the image's edge: it may lie beyond the view"
+    if _tip_at_view_edge(inst.tip_px, hard.shape, images, cfg.tip_border_margin * px_per_m):
+        out.reason = "the instrument's tip is at the view's edge: it may lie beyond it"
         out.instrument_mask = inst.mask
         return out
     out.tip_px = inst.tip_px

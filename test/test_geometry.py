@@ -123,12 +123,36 @@ def test_a_silhouette_ending_at_the_image_edge_is_not_measured(optics):
     sliver = np.zeros(depth.shape, bool)
     sliver[0:7, 280:330] = True  # both of its ends lie on the edge
     m = measure(optics.stereo(), depth, sliver, np.roll(sliver, -12, axis=1))
-    assert not m.ok and "image's edge" in m.reason
+    assert not m.ok and "view's edge" in m.reason
     assert m.distance("normal") == np.inf
     # Without the margin the same masks are measured: the rule, not a failed fit, refused them.
     loose = replace(GeometryConfig(), tip_border_margin=0.0)
     m = measure(optics.stereo(), depth, sliver, np.roll(sliver, -12, axis=1), cfg=loose)
-    assert "image's edge" not in m.reason and m.tip_px is not None
+    assert "view's edge" not in m.reason and m.tip_px is not None
+
+
+def test_a_silhouette_ending_at_the_vignettes_rim_is_not_measured(optics):
+    """The same along the microscope's vignette: the optic disc's edge against the dark rim,
+    taken for an instrument, read as contact. The rim is found in the left image."""
+    from micro_perception.sim.scene import SceneConfig
+
+    scene = make_scene(5, optics, config=SceneConfig(p_no_instrument=1.0))
+    sample = render_sample(scene, optics, 1)
+    depth = sample.left.depth.astype(np.float64)
+    h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w]
+    radius = np.hypot(u - w / 2, v - h / 2)
+    images = tuple(
+        np.where((radius > 170)[..., None], 0, im.aif) for im in (sample.left, sample.right)
+    )
+    # A crescent along the rim, 160-168 px from the centre, over 40 degrees.
+    angle = np.degrees(np.arctan2(v - h / 2, u - w / 2))
+    sliver = (radius > 160) & (radius < 168) & (angle > -70) & (angle < -30)
+    right = np.roll(sliver, -12, axis=1)
+    m = measure(optics.stereo(), depth, sliver, right, images=images)
+    assert not m.ok and "view's edge" in m.reason
+    m = measure(optics.stereo(), depth, sliver, right)  # no images: the rim is not known
+    assert "view's edge" not in m.reason and m.tip_px is not None
 
 
 def test_without_the_right_mask_the_distance_is_flagged_as_biased(optics):
