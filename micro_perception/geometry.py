@@ -57,8 +57,8 @@ class GeometryConfig:
     # The sphere fit to the matcher's depth is then aligned on the images themselves: the
     # disparity it implies, plus an offset and a tilt across the image, is what carries the
     # right view's texture onto the left's (Gauss-Newton on band-passed images). The matcher's
-    # sub-pixel disparities lean toward whole pixels, which left the fitted retina 5 um too near
-    # on average and 10 um off per frame. 0 iterations: the fit as it was.
+    # sub-pixel disparities lean toward whole pixels, which left the fitted retina about 6 um too
+    # near on average and 10 um off per frame. 0 iterations: the fit as it was.
     retina_align_iterations: int = 6
     retina_align_samples: int = 20000  # retina pixels the alignment samples
     retina_align_max_offset_px: float = 0.5  # a larger correction is not believed: fit kept
@@ -390,8 +390,9 @@ def align_retina(
     """The sphere re-fit to the disparities that align the two views' retina texture: the
     sphere's own disparities corrected by an offset and a tilt across the image, found by
     Gauss-Newton (Huber-weighted) on band-passed images. Pixels near the instrument in either
-    view are left out (hidden in the other view, or mixed with it). Returns the sphere and
-    None, or the fit unchanged and why."""
+    view are left out (hidden in the other view, or mixed with it). Returns the sphere (its
+    residual and inliers still the stereo fit's, the quality figure) and None, or the fit
+    unchanged and why."""
     left, right = _band_pass(images[0]), _band_pass(images[1])
     h, w = left.shape
     k = 2 * cfg.retina_margin_px + 1
@@ -402,8 +403,8 @@ def align_retina(
         if right_instrument is not None
         else np.zeros_like(near_l)
     )
-    step = max(1, int(np.ceil(np.sqrt(h * w / cfg.retina_align_samples))))  # a grid, no draw
-    v, u = np.mgrid[step // 2 : h : step, step // 2 : w : step].reshape(2, -1)
+    stride = max(1, int(np.ceil(np.sqrt(h * w / cfg.retina_align_samples))))  # a grid, no draw
+    v, u = np.mgrid[stride // 2 : h : stride, stride // 2 : w : stride].reshape(2, -1)
     keep = ~near_l[v, u]
     v, u = v[keep], u[keep]
     d0 = pair.disparity_from_depth(sphere_depth_along_rays(pair, u, v, sphere))
