@@ -359,13 +359,18 @@ def fit_retina(
     return _ransac_sphere(back_project(pair, u, v, depth[v, u]), cfg, rng)
 
 
-def _band_pass(image: np.ndarray) -> np.ndarray:
-    """Grey texture with the illumination's slow changes removed: a small Gaussian less a
-    13-pixel box mean (a box costs a fifth of a wide Gaussian)."""
+def _grey_u8(image: np.ndarray) -> np.ndarray:
+    """An RGB or grey image, uint8 or float in [0, 1], as 8-bit grey."""
     g = np.asarray(image)
     if g.dtype != np.uint8:
         g = np.clip(np.asarray(g, np.float32) * 255.0, 0, 255).astype(np.uint8)
-    g = (cv2.cvtColor(g, cv2.COLOR_RGB2GRAY) if g.ndim == 3 else g).astype(np.float32) / 255.0
+    return cv2.cvtColor(g, cv2.COLOR_RGB2GRAY) if g.ndim == 3 else g
+
+
+def _band_pass(image: np.ndarray) -> np.ndarray:
+    """Grey texture with the illumination's slow changes removed: a small Gaussian less a
+    13-pixel box mean (a box costs a fifth of a wide Gaussian)."""
+    g = _grey_u8(image).astype(np.float32) / 255.0
     return cv2.GaussianBlur(g, (5, 5), 1.0) - cv2.boxFilter(g, -1, (13, 13))
 
 
@@ -623,10 +628,7 @@ def _border_distance(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _dark_rim(image: np.ndarray, level: float = 10 / 255, min_px: int = 500) -> np.ndarray:
     """The microscope's vignette: near-black pixels in regions that reach the image's border
     (dark instrument parts do not)."""
-    g = np.asarray(image)
-    if g.dtype != np.uint8:
-        g = np.clip(np.asarray(g, np.float32) * 255.0, 0, 255).astype(np.uint8)
-    g = cv2.blur(cv2.cvtColor(g, cv2.COLOR_RGB2GRAY) if g.ndim == 3 else g, (5, 5))
+    g = cv2.blur(_grey_u8(image), (5, 5))
     _, labels, stats, _ = cv2.connectedComponentsWithStats((g < level * 255).astype(np.uint8))
     h, w = g.shape
     x, y, bw, bh, area = stats.T
@@ -1489,13 +1491,14 @@ def measure(
         raise InputError(f"right mask {right_mask.shape} and depth {depth.shape} differ in size")
     out = Measurement()
     hard, soft = soft_mask(mask) if mask is not None else (np.zeros(depth.shape, bool), None)
+    right_split = soft_mask(right_mask) if right_mask is not None else None
     try:
         out.retina = fit_retina(depth, pair, hard, confidence, cfg)
     except InputError as exc:
         out.reason = f"retina fit failed: {exc}"
         return out
     if images is not None and cfg.retina_align_iterations > 0:
-        right_hard = soft_mask(right_mask)[0] if right_mask is not None else None
+        right_hard = right_split[0] if right_split is not None else None
         out.retina, why = align_retina(out.retina, pair, images, hard, right_hard, cfg)
         if why:
             out.notes.append(f"retina not aligned on the images: {why}")
@@ -1512,7 +1515,7 @@ def measure(
     out.tip_px = inst.tip_px
     out.instrument_mask = inst.mask
     line = None
-    right = find_instrument(right_mask, px_per_m, cfg) if right_mask is not None else None
+    right = _find_instrument(*right_split, px_per_m, cfg) if right_split is not None else None
     if right is not None:
         inst = replace(inst, tip_radius_px=_working_end_radius_px(inst, right, cfg))
         line = _silhouette_axis(pair, inst, right, px_per_m, cfg, out, even_rows=True)

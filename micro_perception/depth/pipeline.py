@@ -36,6 +36,7 @@ from micro_perception.geometry import (
     back_project,
     fit_retina,
     measure,
+    sphere_depth_along_rays,
 )
 from micro_perception.inference import Runtime, RuntimeConfig, pick_device
 
@@ -308,15 +309,13 @@ class DepthPipeline:
         far = ~mask & ~band & np.isfinite(depth)
         v, u = np.nonzero(far)
         if len(u):
-            rays = back_project(pair, u, v, np.ones(len(u)))
-            model = _ray_sphere_far(rays, m.retina.centre, m.retina.radius)
+            model = sphere_depth_along_rays(pair, u, v, m.retina)
             off = ~(np.abs(depth[v, u] - model) <= self.cfg.retina_tolerance)
             depth[v[off], u[off]] = np.nan
         v, u = np.nonzero(band)
         if len(u):
             # The retina under a pixel's ray: the sphere's far intersection.
-            rays = back_project(pair, u, v, np.ones(len(u)))
-            depth[v, u] = _ray_sphere_far(rays, m.retina.centre, m.retina.radius)
+            depth[v, u] = sphere_depth_along_rays(pair, u, v, m.retina)
         # Inside the mask, the fitted 3D instrument's depth; a pixel it misses (a jaw it does not
         # describe) is unknown rather than guessed. Pixels on the silhouette itself mix the
         # instrument and the retina millimetres below it: they have no one depth, so they are
@@ -332,13 +331,3 @@ class DepthPipeline:
             kernel = np.ones((e, e), np.uint8)
             depth[(cv2.dilate(m8, kernel) > 0) & ~(cv2.erode(m8, kernel) > 0)] = np.nan
         return depth
-
-
-def _ray_sphere_far(rays: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
-    """z of the far intersection of rays (from the origin, with z = 1 scale) with a sphere."""
-    d = rays / np.linalg.norm(rays, axis=1, keepdims=True)
-    b = d @ centre
-    h = b * b - (centre @ centre - radius * radius)
-    with np.errstate(invalid="ignore"):
-        t = b + np.sqrt(h)
-    return np.where(h >= 0, d[:, 2] * t, np.nan)
