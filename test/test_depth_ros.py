@@ -16,6 +16,11 @@ def stamp(msg):
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
+def alert_went_on_and_off(got) -> bool:
+    alerts = [m.data for m in got["alert"]]
+    return True in alerts and False in alerts[alerts.index(True) :]
+
+
 @pytest.fixture(scope="module")
 def run(sequence_cache):
     """Run the chain for one cycle and a bit; collect what the depth node publishes."""
@@ -36,8 +41,11 @@ def run(sequence_cache):
                 "publish_focus_depth": False,
             },
             depth={"device": "cpu", "reliability": "reliable"},
-            done=lambda got: False,
-            timeout=14.0,
+            # Stops once the alert has gone on and off again: one cycle and a bit on a free
+            # machine. A loaded 2-core one drops pairs and lags (1.2 s a pair), so the
+            # retraction can come after 14 s: the second cycle's far pose still counts.
+            done=lambda got: len(got["range"]) >= 4 and alert_went_on_and_off(got),
+            timeout=26.0,
             namespace="/dn",
         )
     finally:
@@ -74,9 +82,7 @@ def test_distance_follows_the_ground_truth_and_the_alert_switches(run):
     # One stack a second: the filter's gate is wide after a second, so it follows each pose.
     errors = [abs(d - t) for t, d in pairs]
     assert np.median(errors) < 60e-6, pairs
-    alerts = [m.data for m in got["alert"]]
-    assert True in alerts, pairs
-    assert False in alerts[alerts.index(True) :], pairs
+    assert alert_went_on_and_off(got), (pairs, [m.data for m in got["alert"]])
 
 
 def test_with_nobody_taking_the_depth_image_the_distance_still_comes(sequence_cache):
