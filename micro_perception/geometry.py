@@ -10,15 +10,17 @@ microscope), the frame every output of the depth node uses.
 * **Instrument**: the largest elongated mask component, small enclosed holes filled; the end of
   its principal axis nearer the image border (or the vignette) is where it enters, the other end
   is the tip, located at sub-pixel precision along the axis. The shaft's width across that axis
-  gives its radius. A mask may come as probabilities: runs then end where they cross 0.5
-  between pixels, so silhouettes move by fractions of a pixel, not whole pixels.
+  gives its radius. A round end's outline is fitted with a circle: its centre and radius. A mask
+  may come as probabilities: runs then end where they cross 0.5 between pixels, so silhouettes
+  move by fractions of a pixel, not whole pixels.
 * **Shaft in 3D**: the cameras see the top of a polished, curved instrument, whose stereo depth
   is biased by view-dependent highlights. Silhouettes are not: where the shaft crosses image rows,
   the centre of the left mask's run and of the right mask's run on the same row are the same
   axis point, so their disparity gives the axis depth without any highlight bias
-  (``method="silhouette"``). A shaft nearly parallel to the rows is matched instead by its tip
-  in both views (``"tip"``), and with no right mask by the depth map on the shaft plus its
-  radius (``"depth"``, biased by the highlights, reported as such).
+  (``method="silhouette"``). A shaft nearly parallel to the rows is placed instead by its end's
+  disparity, the right mask slid along the rows onto the left's over the end's cap (``"tip"``),
+  and with no right mask by the depth map on the shaft plus its radius (``"depth"``, biased by
+  the highlights, reported as such).
 * **Distance**: the distal shaft is a capsule (axis segment plus radius) ending at the tip. The
   gap along the retina normal is ``R - |p - c| - r`` minimised over the axis (p on the axis, c
   and R the sphere); along the optical axis, the smallest depth difference between the capsule's
