@@ -1667,9 +1667,10 @@ def measure(
     right = _find_instrument(*right_split, px_per_m, cfg) if right_split is not None else None
     # Round ends are placed by their circles only where both views have one: the tips must
     # be read alike for their rows and disparity to agree.
+    circles = right is not None and inst.end_circle is not None and right.end_circle is not None
     if right is None:
         inst = inst.with_end_circle()
-    elif inst.end_circle is not None and right.end_circle is not None:
+    elif circles:
         inst, right = inst.with_end_circle(), right.with_end_circle()
     out.tip_px = inst.tip_px
     if right is not None:
@@ -1678,7 +1679,6 @@ def measure(
     if line is None and right is not None:
         # A shaft along the rows: the end's centre (its radius behind the tip) at the depth of
         # the end's disparity, read from the masks laid onto each other.
-        circles = inst.end_circle is not None and right.end_circle is not None
         r_right = right.tip_radius_px if circles else inst.tip_radius_px  # the end as decided
         cl = inst.tip_px + inst.tip_radius_px * inst.direction
         cr = right.tip_px + r_right * right.direction
