@@ -43,6 +43,17 @@ def test_filter_forgets_after_silence_and_when_time_goes_back():
         FilterConfig(measurement_noise=0.0)
 
 
+def test_measurements_further_apart_than_stale_after_each_restart_the_filter():
+    """A node slower than stale_after (1 s a pair on a loaded CPU) saw the instrument jump
+    between poses: the filter learnt a rate across the gap, extrapolated it past the retina and
+    gated the true 0.77 mm as an outlier, publishing contact (0). Each such measurement is now
+    taken as it is."""
+    seq = [(34.749, 0.801e-3), (35.749, 0.684e-3), (36.751, 2.566e-3), (38.751, 0.758e-3)]
+    seq += [(39.749, 0.770e-3), (40.757, 0.228e-3)]
+    f = DistanceFilter(FilterConfig(stale_after=0.5))
+    assert [f.update(t, z) for t, z in seq] == [pytest.approx(z) for _, z in seq]
+
+
 def test_alert_has_hysteresis_and_is_off_when_unknown():
     a = ProximityAlert(0.5e-3, 0.1e-3)
     seq = [1e-3, 0.49e-3, 0.55e-3, 0.59e-3, 0.61e-3, 0.45e-3, None, 0.45e-3]
