@@ -80,6 +80,10 @@ class GeometryConfig:
     # reads that and the other a round end, the round end is believed.
     broken_end_ratio: float = 0.15
     end_percentile: float = 1.0  # of the jaws' or blades' gaps: their lowest, less a stray row
+    # Open jaws side by side on the rows make one run per row, whose centre has the disparity of
+    # neither jaw: forceps read up to 0.3 mm too far. Such runs' edges (each one jaw's, where it
+    # runs within 45 degrees of the columns) are matched between the views too.
+    end_edges: bool = True
     # A round end (needle, vitrector, light pipe) is a hemisphere: its outline from the extreme
     # back to end_circle_span of its radius is fitted with a circle, whose centre and radius
     # place the end. The extreme pixel alone sat 0.2-0.5 px off and the distance transform read
@@ -1264,7 +1268,9 @@ def _all_runs(region: np.ndarray):
     return rows, first, end - 1
 
 
-def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: float, cfg):
+def working_end_points(
+    pair, left: Instrument2D, right: Instrument2D, px_per_m: float, cfg, edges: bool = False
+):
     """3D points on the centre lines of the working end (jaws, blades, the needle's end), from
     the runs of both silhouettes on each row crossing it, and the end's radius; or None.
 
@@ -1320,7 +1326,45 @@ def working_end_points(pair, left: Instrument2D, right: Instrument2D, px_per_m: 
         return None
     pts = back_project(pair, centres_l[ok], rows[ok], z[ok])
     radius_px = min(float(np.median(widths[ok])) / 2, left.radius_px)
+    if edges and not flat:
+        keep = np.nonzero(np.abs(wl - wr) <= 0.3 * np.maximum(wl, wr) + 2)[0]
+        keep = keep[(wl * slope)[keep] <= 4 * left.radius_px]
+        # Two jaws in one run: its centre is neither's; each edge is one jaw's.
+        sel = keep[(wl * slope)[keep] > 3.0 * left.tip_radius_px]
+        extra = [pts]
+        for side in (0, 1):
+            ul, ur, v = el[side][sel], er[side][sel], y[sel].astype(float)
+            ze = pair.depth_from_disparity(ul - ur)
+            good = np.isfinite(ze) & _steep_edge(left, ul, v) & _steep_edge(right, ur, v)
+            ul, v, ze = ul[good], v[good], ze[good]
+            ze, good = _along_edge_median(ul, v, ze)
+            extra.append(back_project(pair, ul[good], v[good], ze[good]))
+        pts = np.vstack(extra)
     return pts, radius_px
+
+
+def _steep_edge(inst: Instrument2D, u: np.ndarray, v: np.ndarray, max_deg: float = 45.0):
+    """Whether the silhouette's edge at (u, v) runs within max_deg of the image columns: a
+    flatter edge (a rounded end's apex) moves far along its row for a small error across it."""
+    img = (inst.soft if inst.soft is not None else inst.mask).astype(np.float32)
+    gy, gx = np.gradient(cv2.GaussianBlur(img, (0, 0), 1.0))
+    iu = np.clip(np.round(u).astype(int), 0, img.shape[1] - 1)
+    iv = np.clip(np.round(v).astype(int), 0, img.shape[0] - 1)
+    ax, ay = np.abs(gx[iv, iu]), np.abs(gy[iv, iu])
+    return ax >= np.cos(np.deg2rad(max_deg)) * np.hypot(ax, ay) + 1e-6
+
+
+def _along_edge_median(u, v, z, rows: int = 4, least: int = 3):
+    """Each edge point's depth as the median of its edge's points within ``rows`` rows (an
+    edge within 45 degrees of the columns moves at most a pixel a row), and whether it had
+    ``least`` of them: one edge's disparity is a single sub-pixel position, noisier than a
+    run's centre, and the lowest percentile of the jaws' gaps picked its noise."""
+    dv = np.abs(v[:, None] - v[None])
+    near = (dv <= rows) & (np.abs(u[:, None] - u[None]) <= dv + 1.0)
+    stacked = np.where(near, z[None, :], np.nan)
+    with np.errstate(all="ignore"):
+        out = np.nanmedian(stacked, 1) if len(z) else z
+    return out, near.sum(1) >= least
 
 
 def _cut_ends(mask: np.ndarray, rows: np.ndarray, first: np.ndarray, last: np.ndarray):
@@ -1745,7 +1789,7 @@ def measure(
     # A round end (needle, light pipe, vitrector) is the capsule, and the rows a check.
     end = None
     if right is not None and not glowing:
-        end = working_end_points(pair, inst, right, px_per_m, cfg)
+        end = working_end_points(pair, inst, right, px_per_m, cfg, thin and cfg.end_edges)
     # Closed, straight jaws do lie on the axis: there the capsule holds, and rows along a jaw
     # that runs near the image rows say little. Only on an axis the silhouettes measured: a
     # flat shaft's (method "tip") slope is assumed from the port, and jaws capped on it read

@@ -770,10 +770,12 @@ def test_the_retina_fit_back_projects_only_what_it_samples_and_fits_the_same_sph
 def test_a_jaw_hidden_behind_the_other_is_placed_by_symmetry_when_told(optics):
     """Forceps whose jaws open away from the cameras: the lower jaw hides behind the upper one in
     both views, and the distance is read from the upper (scene seeds of two distance sets). Told
-    that the jaws are symmetric, the geometry turns the seen jaw about the shaft's axis."""
+    that the jaws are symmetric, the geometry turns the seen jaw about the shaft's axis. (Four
+    scenes this test once held had both jaws in sight, side by side on the rows: their edges
+    now measure them, told or not.)"""
     told = GeometryConfig(symmetric_jaws=True)
     plain, turned = [], []
-    for seed in (193000071, 193000040, 193000276, 133000003, 133000282):
+    for seed in (193000276, 293000163, 293000099):
         scene = make_scene(seed, optics)
         assert scene.instrument.kind == "forceps"
         depth, mask, right_mask = exact_views(scene, optics)
@@ -797,6 +799,23 @@ def test_symmetric_jaws_leave_jaws_both_views_see_as_they_were(optics):
         m0 = measure(optics.stereo(), depth, mask, right_mask)
         m1 = measure(optics.stereo(), depth, mask, right_mask, cfg=told)
         assert m1.distance_normal == pytest.approx(m0.distance_normal, abs=1e-9), seed
+
+
+def test_jaws_side_by_side_on_the_rows_are_measured_by_their_edges(optics):
+    """Open forceps whose jaws cross the same rows without a gap between them: each row holds
+    one run, its left edge one jaw's and its right edge the other's, so the run's centre has
+    the disparity of neither (scene seeds of distance sets, read 176-321 um too far from the
+    centres). Each edge, matched between the views where it runs within 45 degrees of the
+    columns and steadied along its edge, places its own jaw."""
+    for seed in (133000105, 233000065, 193000071):
+        scene = make_scene(seed, optics)
+        assert scene.instrument.kind == "forceps"
+        depth, _, _ = exact_views(scene, optics)
+        views = covered_views(scene, optics)
+        centres = measure(optics.stereo(), depth, *views, cfg=GeometryConfig(end_edges=False))
+        m = measure(optics.stereo(), depth, *views)
+        assert centres.distance_normal - scene.gap_normal > 150e-6, seed
+        assert m.distance_normal == pytest.approx(scene.gap_normal, abs=40e-6), seed
 
 
 def test_the_retina_is_aligned_on_the_images_where_the_matcher_leans(optics):
