@@ -1298,6 +1298,7 @@ def working_end_points(
     wl, wr = el[1] - el[0], er[1] - er[0]
     ok = np.abs(wl - wr) <= 0.3 * np.maximum(wl, wr) + 2
     ok &= wl * slope <= 4 * left.radius_px  # along the row: no disparity in a run's centre
+    alike = ok.copy()
     centres_l, centres_r = (el[0] + el[1]) / 2, (er[0] + er[1]) / 2
     flat = slope < np.sin(np.deg2rad(cfg.min_row_angle_deg))
     if flat:
@@ -1327,18 +1328,19 @@ def working_end_points(
     pts = back_project(pair, centres_l[ok], rows[ok], z[ok])
     radius_px = min(float(np.median(widths[ok])) / 2, left.radius_px)
     if edges and not flat:
-        keep = np.nonzero(np.abs(wl - wr) <= 0.3 * np.maximum(wl, wr) + 2)[0]
-        keep = keep[(wl * slope)[keep] <= 4 * left.radius_px]
         # Two jaws in one run: its centre is neither's; each edge is one jaw's.
-        sel = keep[(wl * slope)[keep] > 3.0 * left.tip_radius_px]
+        sel = alike & (wl * slope > 3.0 * left.tip_radius_px)
+        n = int(sel.sum())
+        ul, ur = np.concatenate([el[0][sel], el[1][sel]]), np.concatenate([er[0][sel], er[1][sel]])
+        v = np.tile(y[sel], 2).astype(float)
+        steep = _steep_edge(left, ul, v) & _steep_edge(right, ur, v)
         extra = [pts]
-        for side in (0, 1):
-            ul, ur, v = el[side][sel], er[side][sel], y[sel].astype(float)
-            ze = pair.depth_from_disparity(ul - ur)
-            good = np.isfinite(ze) & _steep_edge(left, ul, v) & _steep_edge(right, ur, v)
-            ul, v, ze = ul[good], v[good], ze[good]
-            ze, good = _along_edge_median(ul, v, ze)
-            extra.append(back_project(pair, ul[good], v[good], ze[good]))
+        for side in (slice(0, n), slice(n, 2 * n)):  # the runs' left edges, then their right
+            ze = pair.depth_from_disparity(ul[side] - ur[side])
+            good = np.isfinite(ze) & steep[side]
+            u_e, v_e = ul[side][good], v[side][good]
+            ze, good = _along_edge_median(u_e, v_e, ze[good])
+            extra.append(back_project(pair, u_e[good], v_e[good], ze[good]))
         pts = np.vstack(extra)
     return pts, radius_px
 
