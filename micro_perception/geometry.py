@@ -1272,7 +1272,8 @@ def working_end_points(
     pair, left: Instrument2D, right: Instrument2D, px_per_m: float, cfg, edges: bool = False
 ):
     """3D points on the centre lines of the working end (jaws, blades, the needle's end), from
-    the runs of both silhouettes on each row crossing it, and the end's radius; or None.
+    the runs of both silhouettes on each row crossing it, the end's radius, and (``edges``)
+    points from the edges of runs wide enough to hold two jaws; or None.
 
     Jaws and blades are not the shaft's shape: they are measured, not extrapolated. Runs are
     paired in order along the row where both views cut the same number of them. On a shaft
@@ -1334,15 +1335,15 @@ def working_end_points(
         ul, ur = np.concatenate([el[0][sel], el[1][sel]]), np.concatenate([er[0][sel], er[1][sel]])
         v = np.tile(y[sel], 2).astype(float)
         steep = _steep_edge(left, ul, v) & _steep_edge(right, ur, v)
-        extra = [pts]
+        extra = [np.empty((0, 3))]
         for side in (slice(0, n), slice(n, 2 * n)):  # the runs' left edges, then their right
             ze = pair.depth_from_disparity(ul[side] - ur[side])
             good = np.isfinite(ze) & steep[side]
             u_e, v_e = ul[side][good], v[side][good]
             ze, good = _along_edge_median(u_e, v_e, ze[good])
             extra.append(back_project(pair, u_e[good], v_e[good], ze[good]))
-        pts = np.vstack(extra)
-    return pts, radius_px
+        return pts, radius_px, np.vstack(extra)
+    return pts, radius_px, np.empty((0, 3))
 
 
 def _steep_edge(inst: Instrument2D, u: np.ndarray, v: np.ndarray, max_deg: float = 45.0):
@@ -1800,7 +1801,7 @@ def measure(
     if not (thin and end is not None) or on_axis:
         parts.append(capsule_gaps(out.retina, centre, d3, r_tip, cfg.shaft_start))
     if end is not None and (thin or out.method == "silhouette"):
-        pts, r_px = end
+        pts, r_px, edge_pts = end
         rows = len(pts)
         if thin:
             r_px, pct = inst.tip_radius_px, cfg.end_percentile
@@ -1811,9 +1812,10 @@ def measure(
                     out.notes.append("a jaw hidden behind the other placed by symmetry")
         else:  # one mismatched row must not make the distance
             pct = 10.0
-        parts.append(
-            _points_gaps(out.retina, pts, r_px * float(np.median(pts[:, 2])) / pair.left.fx, pct)
-        )
+        r_m = r_px * float(np.median(pts[:, 2])) / pair.left.fx
+        parts.append(_points_gaps(out.retina, pts, r_m, pct))
+        if len(edge_pts):  # apart: their number must not move the centres' percentile
+            parts.append(_points_gaps(out.retina, edge_pts, r_m, pct))
         kind = "jaws or blades" if thin else "working end"
         out.notes.append(f"{kind} measured on {rows} rows")
     tip3 = end_point(pair, inst, right, cfg) if thin and right is not None else None
