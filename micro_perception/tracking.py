@@ -61,18 +61,14 @@ class DistanceFilter:
         measured = z is not None and math.isfinite(z)
         if measured:
             z = max(z, 0.0)  # inside the retina reads as contact
-        if self.t is not None and t < self.t:  # time went backwards (a looping bag)
+        # Time going backwards (a looping bag) and stale state both forget. Stale also where a
+        # measurement comes with no empty frame between (a node slower than stale_after): a
+        # rate learnt across a long gap, extrapolated, read 0.77 mm as contact.
+        if self.t is not None and (t < self.t or t - self.last_measurement > self.cfg.stale_after):
             self.reset()
         if self.t is None:
             return self._start(t, z) if measured else None
-        # Stale state restarts even where no empty frame came between (a node slower than
-        # stale_after): a rate learnt across a long gap, extrapolated, read 0.77 mm as contact.
-        if measured and t - self.last_measurement > self.cfg.stale_after:
-            return self._start(t, z)
         if not measured:
-            if t - self.last_measurement > self.cfg.stale_after:
-                self.reset()
-                return None
             return self._predict(t)
         self._predict(t)
         r = self.cfg.measurement_noise**2

@@ -44,7 +44,7 @@ def assert_follows_the_truth(got, near_poses: int):
     errors = errors_by_gap(got)
     assert errors, f"{len(got['range'])} distances, none with a ground truth of its stamp"
     assert max(max(e) for e in errors.values()) < 0.3e-3, errors
-    near = [float(np.median(e)) for gap, e in errors.items() if gap < 1.5e-3]
+    near = [float(np.median(errors[gap])) for gap in near_gaps(got)]
     assert len(near) >= near_poses, errors
     assert np.median(near) < 100e-6, errors
 
