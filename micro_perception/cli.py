@@ -508,6 +508,14 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
         help="the instrument has two straight jaws symmetric about its shaft (forceps): a jaw "
         "hidden behind the other is placed by symmetry (not for scissors)",
     )
+    p.add_argument(
+        "--jaw-reach",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="how far the tool's closed jaws or blades reach past its shaft's end, m (0: not "
+        "told): jaws a steep shaft hides below its end are placed that far along it",
+    )
 
 
 def _pipeline_config(args: argparse.Namespace, **kwargs):
@@ -519,7 +527,9 @@ def _pipeline_config(args: argparse.Namespace, **kwargs):
         seg_flips=args.seg_flips,
         stereo=StereoConfig(backend=args.stereo_backend),
         geometry=GeometryConfig(
-            bright_end_length=args.light_pipe_glow, symmetric_jaws=args.symmetric_jaws
+            bright_end_length=args.light_pipe_glow,
+            symmetric_jaws=args.symmetric_jaws,
+            jaw_reach=args.jaw_reach,
         ),
         **kwargs,
     )
@@ -957,6 +967,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
                 "stereo_backend": args.stereo_backend,
                 "light_pipe_glow": args.light_pipe_glow,
                 "symmetric_jaws": args.symmetric_jaws,
+                "jaw_reach": args.jaw_reach,
             },
             done,
             args.timeout,
@@ -1712,7 +1723,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--known-instrument",
         action="store_true",
         help="tell the geometry each frame's instrument, as a robot that knows its mounted tool "
-        "would: --symmetric-jaws for the forceps' frames",
+        "would: --symmetric-jaws for the forceps' frames, --jaw-reach for the forceps' and "
+        "scissors'",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])

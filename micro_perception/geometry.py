@@ -110,6 +110,13 @@ class GeometryConfig:
     # it. Off unless told: curved blades (scissors) are not symmetric, and turned they read up
     # to 0.35 mm too near.
     symmetric_jaws: bool = False
+    # How far the mounted tool's closed jaws or blades reach past its shaft's end, along the
+    # axis (m; 0: not told). A steep shaft hides them below its own end in both views, and the
+    # shaft's round end was read instead: scissors 0.4-0.8 mm too far. Told, an end that reads
+    # as wide as the shaft has its jaws placed on the axis out to this reach; only on an axis
+    # the silhouettes measured (a flat shaft's slope is assumed from the port, and 1 mm along
+    # it landed 0.4 mm off).
+    jaw_reach: float = 0.0
     # The turned rows are used only where they read this much (m) nearer than the seen ones:
     # each row's depth is noisy, and the lowest of both sets is lower than either's.
     hidden_jaw_min_gain: float = 150e-6
@@ -1821,6 +1828,14 @@ def measure(
     tip3 = end_point(pair, inst, right, cfg) if thin and right is not None else None
     if tip3 is not None:  # the silhouette's edge: the surface lies r_tip further down
         parts.append(_points_gaps(out.retina, tip3[None], r_tip, 0.0))
+    if cfg.jaw_reach > 0 and not thin and not glowing and out.method == "silhouette":
+        out.tip_xyz = out.tip_xyz - cfg.jaw_reach * d3
+        out.tip_px = project(pair, out.tip_xyz)
+        hidden = out.tip_xyz + np.linspace(0.0, cfg.jaw_reach, 16)[:, None] * d3
+        parts.append(_points_gaps(out.retina, hidden, 0.0, 0.0))
+        out.notes.append(
+            f"jaws not seen past the shaft's end: placed {cfg.jaw_reach * 1e3:.2f} mm beyond it"
+        )
     gn = min(p[0] for p in parts)
     ga = min(p[1] for p in parts)
     _, _, nearest, foot = min(parts, key=lambda p: p[0])

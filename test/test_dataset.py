@@ -9,7 +9,7 @@ import torch
 
 from micro_perception.errors import InputError
 from micro_perception.optics import MicroscopeOptics
-from micro_perception.sim.dataset import SPLITS, find_stacks, scene_seed
+from micro_perception.sim.dataset import SPLITS, find_stacks, jaw_reach, scene_seed
 from micro_perception.sim.render import render_sample
 from micro_perception.sim.scene import make_scene
 from micro_perception.training.datasets import FocalStackDataset
@@ -49,6 +49,22 @@ def test_simulate_writes_the_documented_layout(simulated):
             ]
     preview = cv2.imread(str(out.parent / "preview.png"))
     assert preview.shape == (48, 64 * 5, 3)
+
+
+def test_jaw_reach_is_recorded_and_drawn_again_for_older_sets(simulated):
+    """The told-tool evaluation reads each sample's jaw reach from meta.json; a set written
+    before it was recorded there draws it again from its seed and dataset.json."""
+    out, _ = simulated
+    reaches = []
+    for i in range(3):
+        meta = json.loads((out / f"{i:05d}" / "meta.json").read_text())
+        reach = jaw_reach(out / f"{i:05d}", meta)
+        assert (reach > 0) is (meta["instrument"] in ("forceps", "scissors"))
+        assert reach == (meta["jaw_reach_m"] or 0.0)
+        older = {k: v for k, v in meta.items() if k != "jaw_reach_m"}
+        assert jaw_reach(out / f"{i:05d}", older) == pytest.approx(reach, abs=1e-12)
+        reaches.append(reach)
+    assert sum(r > 0 for r in reaches) == 2  # a forceps and a scissors among the three
 
 
 def test_loader_returns_what_the_renderer_made(simulated):

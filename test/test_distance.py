@@ -105,6 +105,9 @@ def test_seg_flips_average_the_mirrored_images_probabilities(needle):
     for flag in ([], ["--symmetric-jaws"]):
         args = build_parser().parse_args(["eval", "hover", *flag])
         assert _pipeline_config(args).geometry.symmetric_jaws is bool(flag)
+    for flag, reach in (([], 0.0), (["--jaw-reach", "1.1e-3"], 1.1e-3)):
+        args = build_parser().parse_args(["measure", "l", "r", "--camera-info", "a", "b", *flag])
+        assert _pipeline_config(args).geometry.jaw_reach == reach
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "distance", "--data", "d", "--seg-flips", "3"])
     assert all(

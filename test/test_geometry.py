@@ -818,6 +818,36 @@ def test_jaws_side_by_side_on_the_rows_are_measured_by_their_edges(optics):
         assert m.distance_normal == pytest.approx(scene.gap_normal, abs=40e-6), seed
 
 
+def test_told_jaw_reach_places_blades_a_steep_shaft_hides(optics):
+    """Scissors on a steep shaft, their curved blades below its end in both views (scene seeds
+    of distance sets): the round end seen is the shaft's, read 0.6-0.8 mm too far. Told how far
+    the blades reach past it, as a robot knows its tool, the distance and the tip are theirs."""
+    for seed in (113000078, 233000203, 133000114):
+        scene = make_scene(seed, optics)
+        reach = scene.instrument.jaw_reach
+        assert scene.instrument.kind == "scissors" and 0.8e-3 < reach < 1.2e-3
+        depth, mask, right_mask = exact_views(scene, optics)
+        untold = measure(optics.stereo(), depth, mask, right_mask)
+        told = measure(
+            optics.stereo(), depth, mask, right_mask, cfg=GeometryConfig(jaw_reach=reach)
+        )
+        assert untold.distance_normal - scene.gap_normal > 500e-6, seed
+        assert told.distance_normal == pytest.approx(scene.gap_normal, abs=60e-6), seed
+        moved = np.linalg.norm(told.tip_xyz - untold.tip_xyz)
+        assert moved == pytest.approx(reach, rel=1e-6), seed
+
+
+def test_told_jaw_reach_leaves_jaws_in_sight_as_they_were(optics):
+    """Jaws the silhouettes show are measured where they are; the reach is not laid over them
+    (open or curved jaws do not lie on the axis)."""
+    scene = make_scene(133000105, optics)
+    depth, mask, right_mask = exact_views(scene, optics)
+    untold = measure(optics.stereo(), depth, mask, right_mask)
+    told = measure(optics.stereo(), depth, mask, right_mask, cfg=GeometryConfig(jaw_reach=1.4e-3))
+    assert told.distance_normal == untold.distance_normal
+    np.testing.assert_array_equal(told.tip_xyz, untold.tip_xyz)
+
+
 def test_the_retina_is_aligned_on_the_images_where_the_matcher_leans(optics):
     """A matcher's sub-pixel disparities lean toward whole pixels. Here every disparity reads
     0.1 px too large (the retina about 19 um too near at 384 px): the sphere fit to that depth

@@ -168,6 +168,15 @@ PARAMS = [
         "hidden behind the other is placed by symmetry; false for scissors and unknown tools",
         read_only=True,
     ),
+    ParamSpec(
+        "jaw_reach",
+        GeometryConfig.jaw_reach,
+        "how far the mounted tool's closed jaws or blades reach past its shaft's end, m (0: not "
+        "told, or no jaws): jaws a steep shaft hides below its end are placed that far along it",
+        0.0,
+        5e-3,
+        read_only=True,
+    ),
     ParamSpec("range_max", 0.02, "Range.max_range, m", 1e-3, 1.0, read_only=True),
     ParamSpec(
         "queue_policy",
@@ -191,7 +200,9 @@ class DepthNode(Node):
                 seg_flips=p["seg_flips"],
                 stereo=StereoConfig(backend=p["stereo_backend"]),
                 geometry=GeometryConfig(
-                    bright_end_length=p["light_pipe_glow"], symmetric_jaws=p["symmetric_jaws"]
+                    bright_end_length=p["light_pipe_glow"],
+                    symmetric_jaws=p["symmetric_jaws"],
+                    jaw_reach=p["jaw_reach"],
                 ),
             ),
             depth_weights=p["depth_weights"] or None,

@@ -93,6 +93,7 @@ def write_sample(directory: Path, sample: StereoSample) -> dict:
         "gap_normal_m": float(scene.gap_normal) if finite else None,
         "gap_axial_m": float(scene.gap_axial) if finite else None,
         "shaft_radius_m": float(inst.shaft_radius) if inst else None,
+        "jaw_reach_m": inst.jaw_reach if inst else None,
         "vignette": scene.vignette,
     }
     tmp = directory / "meta.json.tmp"
@@ -125,6 +126,25 @@ def dataset_header(spec: SimulationSpec, split: str, base_seed: int, samples: in
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+
+def jaw_reach(sample_dir: Path, meta: dict) -> float:
+    """How far the sample's jaws or blades reach past its shaft's end (m; 0 without them), as
+    its tool's maker would say: from meta.json, or for a set written before it was recorded
+    there, from the scene its seed and its set's dataset.json draw again."""
+    if meta.get("instrument") not in ("forceps", "scissors"):
+        return 0.0
+    if meta.get("jaw_reach_m") is not None:
+        return float(meta["jaw_reach_m"])
+    header = Path(sample_dir).parent / "dataset.json"
+    if not header.is_file():
+        raise InputError(f"{sample_dir} records no jaw reach and has no dataset.json to draw it")
+    spec = json.loads(header.read_text())
+    optics = MicroscopeOptics(**spec["optics"])
+    scene = SceneConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["scene"].items()}
+    )
+    return make_scene(meta["scene_seed"], optics, scene).instrument.jaw_reach
 
 
 def dataset_stereo_pair(root: Path):

@@ -77,6 +77,20 @@ class Instrument:
     shaft_radius: float
     port_roll: float = 0.0  # vitrector: angle of the side port around the axis
 
+    @property
+    def jaw_reach(self) -> float:
+        """How far the jaws or blades reach past the shaft's round end along the axis (m), as
+        the tool's maker would give it; 0 for an instrument without them."""
+        if self.kind not in ("forceps", "scissors"):
+            return 0.0
+        shaft, jaws = self.capsules[0], self.capsules[1:]
+        end = (shaft.a - self.tip) @ self.axis - shaft.radius
+        reach = min(
+            min((c.a - self.tip) @ self.axis, (c.b - self.tip) @ self.axis) - c.radius
+            for c in jaws
+        )
+        return float(end - reach)
+
 
 @dataclass(frozen=True)
 class Light:

@@ -38,7 +38,7 @@ from micro_perception.depth.pipeline import DepthPipeline
 from micro_perception.errors import InputError
 from micro_perception.fusion.fuser import Fuser
 from micro_perception.geometry import METHODS
-from micro_perception.sim.dataset import dataset_stereo_pair, find_stacks
+from micro_perception.sim.dataset import dataset_stereo_pair, find_stacks, jaw_reach
 from micro_perception.training.depth_eval import eval_frame
 from micro_perception.training.stats import binomial_ci, bootstrap_ci, p95, paired_bootstrap_ci
 
@@ -71,7 +71,8 @@ def evaluate_distance(
     known_instrument: bool = False,
 ) -> dict:
     """``known_instrument``: each frame's geometry is told its instrument, as a robot that
-    knows its mounted tool would (``symmetric_jaws`` for forceps)."""
+    knows its mounted tool would (``symmetric_jaws`` for forceps, ``jaw_reach`` for forceps and
+    scissors)."""
     if input_kind not in ("fused", "aif"):
         raise InputError(f"input must be fused or aif, got {input_kind!r}")
     if mode not in ("normal", "axial"):
@@ -101,8 +102,12 @@ def _measure_frames(records, pipeline, fuser, pair, oracle_masks, mode, progress
     for rec in tqdm(records, desc="eval distance", unit="frame", disable=not progress):
         meta = json.loads((rec.root / "meta.json").read_text())
         if known:
-            jaws = meta.get("instrument") == "forceps"
-            pipeline.cfg = replace(base, geometry=replace(base.geometry, symmetric_jaws=jaws))
+            told = replace(
+                base.geometry,
+                symmetric_jaws=meta.get("instrument") == "forceps",
+                jaw_reach=jaw_reach(rec.root, meta),
+            )
+            pipeline.cfg = replace(base, geometry=told)
         gts, _, images = eval_frame(rec, fuser)
         masks = None
         if oracle_masks:
