@@ -13,6 +13,7 @@ from ros_helpers import Spinner, wait_for
 from sensor_msgs.msg import CameraInfo, Image, Range
 from std_msgs.msg import Bool
 
+from micro_perception.errors import InputError
 from micro_perception.optics import MicroscopeOptics
 from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
 from micro_perception.ros.depth_node import DepthNode
@@ -189,6 +190,7 @@ import sys, time
 import numpy as np
 import rclpy
 from sensor_msgs.msg import CameraInfo, Image
+from micro_perception.errors import InputError
 from micro_perception.optics import MicroscopeOptics
 from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
 from micro_perception.ros.qos import image_qos
@@ -281,6 +283,26 @@ def test_no_retina_in_view_is_an_unknown_distance_with_the_reason(harness):
         "the reason in /diagnostics",
     )
     assert h.counters()["distance_mm"] == "unknown"
+
+
+def test_the_told_tool_reaches_the_geometry_and_a_bad_reach_names_itself(ros_context):
+    told = {"symmetric_jaws": True, "jaw_reach": 1.1e-3, "device": "cpu"}
+    node = DepthNode(
+        context=ros_context,
+        namespace="/told",
+        parameter_overrides=[Parameter(k, value=v) for k, v in told.items()],
+    )
+    try:
+        geometry = node.pipeline.cfg.geometry
+        assert geometry.symmetric_jaws is True and geometry.jaw_reach == 1.1e-3
+    finally:
+        node.destroy_node()
+    with pytest.raises(InputError, match=r"jaw_reach .*-p jaw_reach:=<value>"):
+        DepthNode(
+            context=ros_context,
+            namespace="/told",
+            parameter_overrides=[Parameter("jaw_reach", value=-1e-3)],
+        )
 
 
 def test_a_node_that_has_seen_nothing_is_stale(ros_context, spin):
