@@ -839,13 +839,17 @@ def test_told_jaw_reach_places_blades_a_steep_shaft_hides(optics):
 
 def test_told_jaw_reach_leaves_jaws_in_sight_as_they_were(optics):
     """Jaws the silhouettes show are measured where they are; the reach is not laid over them
-    (open or curved jaws do not lie on the axis)."""
-    scene = make_scene(133000105, optics)
-    depth, mask, right_mask = exact_views(scene, optics)
-    untold = measure(optics.stereo(), depth, mask, right_mask)
-    told = measure(optics.stereo(), depth, mask, right_mask, cfg=GeometryConfig(jaw_reach=1.4e-3))
-    assert told.distance_normal == untold.distance_normal
-    np.testing.assert_array_equal(told.tip_xyz, untold.tip_xyz)
+    (open or curved jaws do not lie on the axis). Open forceps on axes the silhouettes measured,
+    told their own reach."""
+    for seed in (233000065, 193000071):
+        scene = make_scene(seed, optics)
+        depth, mask, right_mask = exact_views(scene, optics)
+        untold = measure(optics.stereo(), depth, mask, right_mask)
+        told = GeometryConfig(jaw_reach=scene.instrument.jaw_reach)
+        m = measure(optics.stereo(), depth, mask, right_mask, cfg=told)
+        assert untold.method == "silhouette", seed
+        assert m.distance_normal == untold.distance_normal, seed
+        np.testing.assert_array_equal(m.tip_xyz, untold.tip_xyz)
 
 
 def test_the_retina_is_aligned_on_the_images_where_the_matcher_leans(optics):
