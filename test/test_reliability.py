@@ -190,7 +190,6 @@ import sys, time
 import numpy as np
 import rclpy
 from sensor_msgs.msg import CameraInfo, Image
-from micro_perception.errors import InputError
 from micro_perception.optics import MicroscopeOptics
 from micro_perception.ros.conversions import intrinsics_to_camera_info, numpy_to_image
 from micro_perception.ros.qos import image_qos
