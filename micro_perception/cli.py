@@ -521,16 +521,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
 def _pipeline_config(args: argparse.Namespace, **kwargs):
     from micro_perception.depth.pipeline import PipelineConfig
     from micro_perception.depth.stereo import StereoConfig
-    from micro_perception.geometry import GeometryConfig
+    from micro_perception.geometry import TOOL_SETTINGS, tool_geometry
 
     return PipelineConfig(
         seg_flips=args.seg_flips,
         stereo=StereoConfig(backend=args.stereo_backend),
-        geometry=GeometryConfig(
-            bright_end_length=args.light_pipe_glow,
-            symmetric_jaws=args.symmetric_jaws,
-            jaw_reach=args.jaw_reach,
-        ),
+        geometry=tool_geometry({k: getattr(args, k) for k in TOOL_SETTINGS}),
         **kwargs,
     )
 
@@ -930,6 +926,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
     import numpy as np
     import rclpy
 
+    from micro_perception.geometry import TOOL_SETTINGS
     from micro_perception.resources import use_large_image_transport
     from micro_perception.ros.chain import run_chain
     from micro_perception.training.stats import block_bootstrap_ci, correlation_length
@@ -965,9 +962,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
                 "device": args.device,
                 "seg_flips": args.seg_flips,
                 "stereo_backend": args.stereo_backend,
-                "light_pipe_glow": args.light_pipe_glow,
-                "symmetric_jaws": args.symmetric_jaws,
-                "jaw_reach": args.jaw_reach,
+                **{k: getattr(args, k) for k in TOOL_SETTINGS},
             },
             done,
             args.timeout,

@@ -184,6 +184,11 @@ class GeometryConfig:
             raise InputError(f"max_gap must be >= 0 m, got {self.max_gap}")
         if self.row_width_tol_px <= 0:
             raise InputError(f"row_width_tol_px must be > 0, got {self.row_width_tol_px}")
+        if self.jaw_reach < 0 or self.bright_end_length < 0:
+            raise InputError(
+                "jaw_reach and bright_end_length (the light pipe's glow) must be >= 0 m, got "
+                f"{self.jaw_reach} and {self.bright_end_length}"
+            )
         if self.hidden_jaw_min_gain < 0:
             raise InputError(f"hidden_jaw_min_gain must be >= 0 m, got {self.hidden_jaw_min_gain}")
         if self.shaft_length <= 0 or self.shaft_start < 0:
@@ -231,6 +236,24 @@ class GeometryConfig:
             raise InputError(
                 "edge_repair_min_angle_deg must be in (0, 90] and edge_repair_radius_tol_px > 0"
             )
+
+
+# What the user says about the mounted tool, by the names the node's parameters and the CLI's
+# options share, and the GeometryConfig field each sets.
+TOOL_SETTINGS = {
+    "light_pipe_glow": "bright_end_length",
+    "symmetric_jaws": "symmetric_jaws",
+    "jaw_reach": "jaw_reach",
+}
+
+
+def tool_geometry(told: dict, base: GeometryConfig | None = None) -> GeometryConfig:
+    """``base`` (default: the defaults) told about the mounted tool: ``told`` maps names of
+    TOOL_SETTINGS to values."""
+    unknown = set(told) - set(TOOL_SETTINGS)
+    if unknown:
+        raise InputError(f"unknown tool settings {sorted(unknown)}; known: {list(TOOL_SETTINGS)}")
+    return replace(base or GeometryConfig(), **{TOOL_SETTINGS[k]: v for k, v in told.items()})
 
 
 @dataclass

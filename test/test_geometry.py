@@ -14,6 +14,7 @@ from micro_perception.geometry import (
     fit_sphere,
     measure,
     project,
+    tool_geometry,
 )
 from micro_perception.optics import MicroscopeOptics
 from micro_perception.sim.render import pixel_rays, render_layers, render_sample
@@ -816,6 +817,24 @@ def test_jaws_side_by_side_on_the_rows_are_measured_by_their_edges(optics):
         m = measure(optics.stereo(), depth, *views)
         assert centres.distance_normal - scene.gap_normal > 150e-6, seed
         assert m.distance_normal == pytest.approx(scene.gap_normal, abs=40e-6), seed
+
+
+def test_tool_settings_set_their_geometry_and_are_checked():
+    """The node's parameters and the CLI's options name the tool alike and reach the same
+    fields; a name or value the geometry cannot take stops with a message naming it."""
+    told = tool_geometry({"light_pipe_glow": 0.2e-3, "symmetric_jaws": True, "jaw_reach": 1e-3})
+    assert (told.bright_end_length, told.symmetric_jaws, told.jaw_reach) == (0.2e-3, True, 1e-3)
+    assert replace(told, bright_end_length=0.35e-3, symmetric_jaws=False, jaw_reach=0.0) == (
+        GeometryConfig()
+    )
+    base = GeometryConfig(min_rows=20)
+    assert tool_geometry({"jaw_reach": 1e-3}, base).min_rows == 20
+    with pytest.raises(InputError, match="jaw_length"):
+        tool_geometry({"jaw_length": 1e-3})
+    with pytest.raises(InputError, match="jaw_reach"):
+        tool_geometry({"jaw_reach": -1e-3})
+    with pytest.raises(InputError, match="glow"):
+        tool_geometry({"light_pipe_glow": -1e-3})
 
 
 def test_told_jaw_reach_places_blades_a_steep_shaft_hides(optics):

@@ -134,6 +134,20 @@ def test_same_seed_same_pixels_and_different_seeds_differ():
     assert not np.array_equal(a.left.aif, c.left.aif)
 
 
+def test_a_scene_drawn_without_its_texture_has_the_same_geometry():
+    for seed in range(6):
+        full, bare = make_scene(seed, SMALL), make_scene(seed, SMALL, texture=False)
+        assert bare.texture is None and full.texture is not None
+        assert (bare.gap_normal, bare.gap_axial) == (full.gap_normal, full.gap_axial)
+        assert bare.has_instrument == full.has_instrument
+        if full.has_instrument:
+            np.testing.assert_array_equal(bare.instrument.tip, full.instrument.tip)
+            for cb, cf in zip(bare.instrument.capsules, full.instrument.capsules, strict=True):
+                np.testing.assert_array_equal(np.stack([cb.a, cb.b]), np.stack([cf.a, cf.b]))
+        np.testing.assert_array_equal(bare.retina.centre, full.retina.centre)
+        np.testing.assert_array_equal(bare.white_balance, full.white_balance)
+
+
 @pytest.mark.parametrize("kind", INSTRUMENT_KINDS)
 def test_every_instrument_renders_with_exact_gap(kind):
     scene = make_scene(7, SMALL, kind=kind, gap=0.4e-3)

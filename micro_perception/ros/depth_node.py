@@ -41,7 +41,13 @@ from micro_perception.depth.pipeline import (
 )
 from micro_perception.depth.stereo import STEREO_BACKENDS, StereoConfig
 from micro_perception.errors import InputError
-from micro_perception.geometry import DISTANCE_MODES, GeometryConfig, back_project
+from micro_perception.geometry import (
+    DISTANCE_MODES,
+    TOOL_SETTINGS,
+    GeometryConfig,
+    back_project,
+    tool_geometry,
+)
 from micro_perception.ros.conversions import (
     COLOUR_ORDER,
     camera_infos_to_stereo,
@@ -199,11 +205,7 @@ class DepthNode(Node):
                 mask_threshold=p["mask_threshold"],
                 seg_flips=p["seg_flips"],
                 stereo=StereoConfig(backend=p["stereo_backend"]),
-                geometry=GeometryConfig(
-                    bright_end_length=p["light_pipe_glow"],
-                    symmetric_jaws=p["symmetric_jaws"],
-                    jaw_reach=p["jaw_reach"],
-                ),
+                geometry=tool_geometry({k: p[k] for k in TOOL_SETTINGS}),
             ),
             depth_weights=p["depth_weights"] or None,
             seg_weights=p["seg_weights"] or "default",

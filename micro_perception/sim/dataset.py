@@ -144,7 +144,7 @@ def jaw_reach(sample_dir: Path, meta: dict) -> float:
     scene = SceneConfig(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["scene"].items()}
     )
-    return make_scene(meta["scene_seed"], optics, scene).instrument.jaw_reach
+    return make_scene(meta["scene_seed"], optics, scene, texture=False).instrument.jaw_reach
 
 
 def dataset_stereo_pair(root: Path):

@@ -132,7 +132,7 @@ class Retina:
 class Scene:
     seed: int
     retina: Retina
-    texture: FundusTexture
+    texture: FundusTexture | None  # None: drawn for its geometry alone (make_scene)
     light: Light
     instrument: Instrument | None
     vignette: tuple[float, float] | None  # (radius, softness) as fractions of the half-diagonal
@@ -320,8 +320,11 @@ def make_scene(
     config: SceneConfig | None = None,
     gap: float | None = None,
     kind: str | None = None,
+    texture: bool = True,
 ) -> Scene:
-    """The scene of ``seed``; ``gap`` (m) and ``kind`` override the sampled ones."""
+    """The scene of ``seed``; ``gap`` (m) and ``kind`` override the sampled ones.
+    ``texture=False``: the same scene without its fundus texture, which is most of the time
+    drawing one takes (its geometry is drawn from streams of its own)."""
     optics = optics or MicroscopeOptics()
     config = config or SceneConfig()
     # One stream per part, so a change to how one part is drawn leaves the others as they were.
@@ -347,7 +350,7 @@ def make_scene(
     texel = optics.pixel_size / config.texture_oversample
     # The field centre maps to texture (0, 0); the image diagonal plus tilt fits in 1.5 fields.
     extent = 1.5 * fov
-    texture = fundus_texture(rng_texture, extent, texel)
+    fundus = fundus_texture(rng_texture, extent, texel) if texture else None
 
     # Instrument.
     rng = rng_inst
@@ -415,7 +418,7 @@ def make_scene(
     return Scene(
         int(seed),
         retina,
-        texture,
+        fundus,
         light,
         instrument,
         vignette,
