@@ -1546,7 +1546,12 @@ def glowing_end_centre(pair, images, centre, d3, radius, cfg, measured_axis=True
         top = back_project(pair, ul, vl, z)
         k = int(np.argmin(np.abs(t - ts)))
         sleeve = top - radius * up_left[k]
-        ts = float((sleeve - centre) @ d3)
+        # Where the sleeve lies along the shaft from the mask's end, read along the left image:
+        # a mask cut short in one view puts ``centre`` off in depth, which the assumed slope
+        # turned into up to 0.4 mm along the axis, and a true step was refused as too far off
+        # (a light pipe at 0.94 mm read 0.33; on an exact render, contact for 0.3 mm).
+        c, ahead, s = project(pair, np.stack([centre, centre + 1e-3 * d3, sleeve]))
+        ts = 1e-3 * float((s - c) @ (ahead - c)) / float((ahead - c) @ (ahead - c))
     # From a mask that stopped short on the sleeve to one that ran on into the glow.
     if not _BRIGHT_SHORT <= ts <= cfg.bright_end_length + _BRIGHT_BEYOND:
         return None

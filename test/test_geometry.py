@@ -699,6 +699,23 @@ def test_on_a_flat_shaft_the_sleeve_overrules_only_a_mask_far_off(optics):
     assert m.distance_normal == pytest.approx(gap, abs=0.15e-3)
 
 
+def test_on_a_flat_shaft_a_mask_short_in_one_view_is_placed_by_its_sleeve(optics):
+    """The network can stop one view's mask of a light pipe along the rows in the glow, short
+    of the end, and the tips' disparity then puts the end too near in depth. Along the slope
+    assumed from the port that depth looked like a mask run 0.4 mm past the sleeve, so the
+    sleeve's step was refused and the distance read contact. Read along the image, the step
+    places the end."""
+    sample = render_sample(make_scene(1, optics, kind="light_pipe", gap=0.3e-3), optics, 1)
+    pair, depth = optics.stereo(), sample.left.depth.astype(np.float64)
+    images, gap = (sample.left.aif, sample.right.aif), sample.scene.gap_normal
+    for glow in (0.03e-3, 0.08e-3):  # the right mask ends 0.35 and 0.4 mm short of the tip
+        right = _short_of_the_glow(sample, "right", optics, glow)
+        m = measure(pair, depth, sample.left.mask > 0, right, images=images)
+        assert m.method == "tip"
+        assert any(n.startswith("light pipe") for n in m.notes), m.notes
+        assert m.distance_normal == pytest.approx(gap, abs=60e-6)
+
+
 def test_blades_one_view_sees_against_the_shaft_are_still_blades(optics):
     """Where the left view's working end reads round (blades lying over the shaft there, or a
     mask filled between them) and the right view's reads thin, the blades are measured."""
