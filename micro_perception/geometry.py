@@ -1551,7 +1551,7 @@ def glowing_end_centre(pair, images, centre, d3, radius, cfg, measured_axis=True
         # turned into up to 0.4 mm along the axis, and a true step was refused as too far off
         # (a light pipe at 0.94 mm read 0.33; on an exact render, contact for 0.3 mm).
         c, ahead, s = project(pair, np.stack([centre, centre + 1e-3 * d3, sleeve]))
-        ts = 1e-3 * float((s - c) @ (ahead - c)) / float((ahead - c) @ (ahead - c))
+        ts = 1e-3 * float((s - c) @ (ahead - c)) / max(float((ahead - c) @ (ahead - c)), 1e-12)
     # From a mask that stopped short on the sleeve to one that ran on into the glow.
     if not _BRIGHT_SHORT <= ts <= cfg.bright_end_length + _BRIGHT_BEYOND:
         return None
