@@ -919,6 +919,35 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_edges(args: argparse.Namespace) -> int:
+    """Train the edge refiner: where the segmentation network's edges lie off the true ones."""
+    from micro_perception.depth.edge_refine import EdgeNetConfig
+    from micro_perception.training.edge_train import EdgeTrainConfig, train_edges
+
+    cfg = EdgeTrainConfig(
+        data=",".join(str(d) for d in args.data),
+        out=args.out,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        log_dir=args.log_dir,
+        resume=args.resume,
+        val_every=args.val_every,
+        seg_weights=args.seg_weights or "default",
+        seg_flips=args.seg_flips,
+        input=args.input,
+        limit=args.limit,
+        cache=args.cache,
+        net=EdgeNetConfig(hidden=args.hidden, max_shift_px=args.max_shift),
+        amp=args.amp,
+        time_budget_s=args.time_budget,
+    )
+    _print_training(train_edges(cfg, progress=not args.quiet))
+    return 0
+
+
 def cmd_eval_hover(args: argparse.Namespace) -> int:
     """Frame-to-frame jitter of depth_node's distance while the virtual instrument hovers."""
     import time
@@ -1092,6 +1121,7 @@ def cmd_eval_depth(args: argparse.Namespace) -> int:
         progress=not args.json,
         weights=args.weights,
         seg_weights=args.seg_weights or "default",
+        edge_weights=_edge_weights(args),
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -1150,6 +1180,14 @@ def _read_calibrated(args: argparse.Namespace, need_right: bool):
     return left, right, StereoPair(cams[0], cams[1])
 
 
+def _edge_weights(args: argparse.Namespace):
+    """--edge-weights: a file, "none" (no refiner), or unset (the shipped one, with the shipped
+    segmentation network)."""
+    if args.edge_weights is None:
+        return "default"
+    return None if args.edge_weights.lower() == "none" else args.edge_weights
+
+
 def _pipeline(args: argparse.Namespace, estimator: str):
     from micro_perception.depth.pipeline import DepthPipeline
 
@@ -1158,6 +1196,7 @@ def _pipeline(args: argparse.Namespace, estimator: str):
         depth_weights=getattr(args, "weights", None),
         seg_weights=args.seg_weights or "default",
         device=args.device,
+        edge_weights=_edge_weights(args),
     )
 
 
@@ -1262,6 +1301,7 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
         _pipeline_config(args),
         seg_weights=args.seg_weights or "default",
         device=args.device,
+        edge_weights=_edge_weights(args),
     )
     result = evaluate_distance(
         args.data,
@@ -1465,6 +1505,11 @@ def _add_training_args(
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--size", type=int, default=size, help="training crop size, px")
     p.add_argument("--workers", type=int, default=workers)
+    _add_run_args(p)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """How a training runs, for every ``train`` subcommand."""
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-dir", help="TensorBoard folder (default: beside --out)")
@@ -1669,6 +1714,27 @@ def build_parser() -> argparse.ArgumentParser:
         "8 16 24 32 48; with --init, those of the weights)",
     )
     p.set_defaults(func=cmd_train_segment)
+    p = train.add_parser("edges", help=cmd_train_edges.__doc__)
+    p.add_argument("--data", required=True, nargs="+", help="simulated sets (dataset folders)")
+    p.add_argument("--out", required=True, help="weights file of the best refiner")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch", type=int, default=1024, help="edges per step")
+    p.add_argument("--lr", type=float, default=3e-3)
+    _add_run_args(p)
+    p.add_argument(
+        "--val-every", type=int, default=10, help="every Nth frame of each set validates"
+    )
+    p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument("--seg-flips", type=int, default=2, choices=[1, 2, 4])
+    p.add_argument("--input", default="fused", choices=["aif", "fused"])
+    p.add_argument("--limit", type=int, help="frames per set")
+    p.add_argument("--cache", help="folder keeping each set's edges (fusing is most of the time)")
+    p.add_argument("--hidden", type=int, default=64, help="units per hidden layer")
+    p.add_argument(
+        "--max-shift", type=float, default=1.5, help="px: a larger correction is clipped"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train_edges)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
         dest="net", required=True
     )
@@ -1694,6 +1760,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["combined", "net", "stereo", "dff"],
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument(
+        "--edge-weights",
+        help="edge refiner weights, or none (default: the shipped ones with the shipped "
+        "segmentation weights, else none)",
+    )
     p.add_argument("--weights", help="depth network weights (for method net)")
     p.add_argument(
         "--input",
@@ -1713,6 +1784,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the true instrument masks: the geometry's own error",
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument(
+        "--edge-weights",
+        help="edge refiner weights, or none (default: the shipped ones with the shipped "
+        "segmentation weights, else none)",
+    )
     _add_pipeline_args(p)
     p.add_argument(
         "--known-instrument",
@@ -1769,6 +1845,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="combined", choices=["combined", "stereo", "net"])
     p.add_argument("--weights", help="depth network weights (for --method net)")
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument(
+        "--edge-weights",
+        help="edge refiner weights, or none (default: the shipped ones with the shipped "
+        "segmentation weights, else none)",
+    )
     _add_pipeline_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", help="also write a colour map here")
@@ -1780,6 +1861,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera-info", nargs=2, required=True, help="LEFT.yaml RIGHT.yaml (ROS calibration)"
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
+    p.add_argument(
+        "--edge-weights",
+        help="edge refiner weights, or none (default: the shipped ones with the shipped "
+        "segmentation weights, else none)",
+    )
     _add_pipeline_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])

@@ -280,6 +280,23 @@ class SphereFit:
         return self.centre + v / np.linalg.norm(v) * self.radius
 
 
+@dataclass(frozen=True)
+class EdgeShift:
+    """Corrections (px, outward positive) of one view's soft edges along the image rows, at the
+    first (``first``) and last (``last``) pixel of each run of the mask they were made for: an
+    edge refiner's reading of where the instrument's edge lies about the probability's 0.5
+    crossing (``micro_perception.depth.edge_refine``). Zero elsewhere."""
+
+    first: np.ndarray  # (H, W) float32
+    last: np.ndarray  # (H, W) float32
+
+    def apply(self, rows, first, last, left, right):
+        w = self.first.shape[1]
+        left = left - self.first[rows, np.clip(first, 0, w - 1)]
+        right = right + self.last[rows, np.clip(last, 0, w - 1)]
+        return left, right
+
+
 @dataclass
 class Instrument2D:
     tip_px: np.ndarray  # (2,) u, v sub-pixel
@@ -293,6 +310,8 @@ class Instrument2D:
     # A round end's outline fitted with a circle: (centre (2,), radius px); None where the end
     # is thin or not a circle.
     end_circle: tuple[np.ndarray, float] | None = None
+    # Learned corrections of the soft edges (``EdgeShift``); None: the 0.5 crossing as it is.
+    edge_shift: EdgeShift | None = None
 
     def with_end_circle(self) -> Instrument2D:
         """The tip and end radius the fitted circle gives, where there is one."""
@@ -963,9 +982,16 @@ def _working_end_radius_px(left: Instrument2D, right: Instrument2D, cfg) -> floa
 # --- the shaft in 3D ---------------------------------------------------------------------------
 
 
-def _edges(soft: np.ndarray | None, rows: np.ndarray, first: np.ndarray, last: np.ndarray):
+def _edges(
+    soft: np.ndarray | None,
+    rows: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    shift: EdgeShift | None = None,
+):
     """Sub-pixel left and right edges of runs [first, last] on ``rows``: half a pixel outside
-    the end pixels for a hard mask, where the probability crosses 0.5 for a soft one."""
+    the end pixels for a hard mask, where the probability crosses 0.5 for a soft one, moved by
+    ``shift`` where it holds a correction for the run's end pixel."""
     left = first - 0.5
     right = last + 0.5
     if soft is None or len(rows) == 0:
@@ -985,10 +1011,20 @@ def _edges(soft: np.ndarray | None, rows: np.ndarray, first: np.ndarray, last: n
     ok = (last < w - 1) & (p_out < 0.5) & (p_in >= 0.5)
     with np.errstate(divide="ignore", invalid="ignore"):
         right = np.where(ok, last + (p_in - 0.5) / (p_in - p_out), right)
+    if shift is not None:
+        left, right = shift.apply(rows, first, last, left, right)
     return left, right
 
 
-def _row_centres(comp: np.ndarray, soft: np.ndarray | None = None):
+def mask_runs(soft: np.ndarray):
+    """Every run of a soft mask's instrument pixels (>= 0.5) along the image rows: its row,
+    first and last pixel, and its sub-pixel left and right edges (``_edges``)."""
+    rows, first, last = _all_runs(soft >= 0.5)
+    left, right = _edges(soft, rows, first, last)
+    return rows, first, last, left, right
+
+
+def _row_centres(comp: np.ndarray, soft: np.ndarray | None = None, shift: EdgeShift | None = None):
     """Per row: the run's centre and length (sub-pixel with a soft mask), whether the row holds
     one contiguous run, and its first and last pixel."""
     w = comp.shape[1]
@@ -996,7 +1032,7 @@ def _row_centres(comp: np.ndarray, soft: np.ndarray | None = None):
     first = np.argmax(comp, 1)
     last = w - 1 - np.argmax(comp[:, ::-1], 1)
     single = (count > 0) & (count == last - first + 1)
-    left, right = _edges(soft, np.arange(comp.shape[0]), first, last)
+    left, right = _edges(soft, np.arange(comp.shape[0]), first, last, shift)
     return (left + right) / 2.0, right - left, single, first, last
 
 
@@ -1060,7 +1096,12 @@ def shaft_from_silhouettes(
     centres, edges = [], []
     for inst in (left, right):
         c, length, single, first, last = _row_centres(inst.mask, inst.soft)
-        edges.append((c - length / 2, c + length / 2))
+        # Which rows cross the shaft is the mask's to say; where their edges lie, the
+        # corrected edges' (their widths would admit rows on a flat shaft that reads worse).
+        fine = c, length
+        if inst.edge_shift is not None:
+            fine = _row_centres(inst.mask, inst.soft, inst.edge_shift)[:2]
+        edges.append((fine[0] - fine[1] / 2, fine[0] + fine[1] / 2))
         crossing = 2 * inst.radius_px / abs(inst.direction[1])  # across a straight shaft
         along = inst.along(c, rows)
         cand = (
@@ -1073,7 +1114,7 @@ def shaft_from_silhouettes(
         use &= cand & (np.abs(length - crossing) <= 0.2 * crossing + 2)
         if cand.any():
             even &= np.abs(length - np.median(length[cand])) <= cfg.row_width_tol_px
-        centres.append(c)
+        centres.append(fine[0])
     if even_rows:
         use &= even
     if use.sum() < cfg.min_rows:
@@ -1708,13 +1749,15 @@ def measure(
     confidence: np.ndarray | None = None,
     cfg: GeometryConfig | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
+    edge_shift: tuple[EdgeShift | None, EdgeShift | None] | None = None,
 ) -> Measurement:
     """The instrument tip, the retina and the gap between them, for one left frame.
 
     ``depth`` is the left depth (m, NaN unknown); ``mask`` and ``right_mask`` the instrument in
     the left and right images, hard or as probabilities (``soft_mask``: a network's edges at
     sub-pixel precision); ``images`` the left and right images themselves (RGB, uint8 or float
-    in [0, 1]), on which the retina is aligned and a light pipe's glowing end is looked for.
+    in [0, 1]), on which the retina is aligned and a light pipe's glowing end is looked for;
+    ``edge_shift`` the left and right soft masks' edge corrections, used for the shaft's rows.
     Never raises on a bad scene: the result says why it is unknown.
     """
     cfg = cfg or GeometryConfig()
@@ -1755,6 +1798,9 @@ def measure(
     out.instrument_mask = inst.mask
     line = None
     right = _find_instrument(*right_split, px_per_m, cfg) if right_split is not None else None
+    if edge_shift is not None:
+        inst = replace(inst, edge_shift=edge_shift[0])
+        right = replace(right, edge_shift=edge_shift[1]) if right is not None else None
     # Round ends are placed by their circles only where both views have one: the tips must
     # be read alike for their rows and disparity to agree.
     circles = right is not None and inst.end_circle is not None and right.end_circle is not None

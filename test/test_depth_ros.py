@@ -108,6 +108,7 @@ def test_every_output_has_its_type_frame_and_stamp(run):
     assert values["estimator"] == "combined" and values["device"] == "cpu"
     assert values["masks"] == "segmentation" and values["seg_flips"] == "2"
     assert values["stereo_backend"] == "opencv"  # auto on the CPU
+    assert values["edge_refiner"].endswith("edge_refiner.pt")  # the shipped one, by default
 
 
 def test_distance_follows_the_ground_truth_and_the_alert_switches(run):

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from shapes import covered
 
 from micro_perception.errors import InputError
 from micro_perception.geometry import (
@@ -201,18 +202,9 @@ def test_a_round_bright_blob_is_not_taken_for_the_instrument():
     assert inst is not None and inst.tip_px[0] < 260 and inst.area < 5000
 
 
-def _covered(shape, inside, oversample=8):
-    """Each pixel's covered fraction of the region ``inside(u, v)`` (sub-pixel samples)."""
-    h, w = shape
-    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
-    v = np.arange(h)[:, None, None, None] + sub[None, :, None, None]
-    u = np.arange(w)[None, None, :, None] + sub[None, None, None, :]
-    return inside(u, v).mean((1, 3)).astype(np.float32)
-
-
 def _covered_bar(shape, centre_at, half_width):
     """Each pixel's covered fraction of the band |u - centre_at(v)| <= half_width."""
-    return _covered(shape, lambda u, v: np.abs(u - centre_at(v)) <= half_width)
+    return covered(shape, lambda u, v: np.abs(u - centre_at(v)) <= half_width)
 
 
 def test_a_probability_mask_places_edges_between_pixels():
@@ -923,7 +915,7 @@ def _covered_capsule(shape, centre, direction, radius, length=np.inf):
         band = (along >= 0) & (along <= length) & (across <= radius)
         return band | (u * u + v * v <= radius * radius)
 
-    return _covered(shape, inside)
+    return covered(shape, inside)
 
 
 @pytest.mark.parametrize("angle", [35.0, 172.0])

@@ -122,7 +122,9 @@ class DepthPipeline:
     """``pipeline(left, right, pair)`` -> FrameResult. ``seg_weights``: the segmentation network
     (default: the shipped models/segmentation.pt); ``depth_weights``: the depth network, needed
     by the ``net`` estimator and otherwise only a source of masks when there is no segmentation
-    network."""
+    network; ``edge_weights``: the edge refiner that corrects the segmentation network's edges
+    (default: the shipped models/edge_refiner.pt, with the shipped segmentation network only:
+    it learned that network's errors; None: the edges as the network placed them)."""
 
     def __init__(
         self,
@@ -132,6 +134,7 @@ class DepthPipeline:
         device: str = "auto",
         runtime: RuntimeConfig | None = None,
         warn=None,
+        edge_weights: str | Path | None = "default",
     ):
         """``runtime`` (backend, precision, device, ...) overrides ``device`` when given."""
         from micro_perception.resources import shipped_model
@@ -145,6 +148,7 @@ class DepthPipeline:
             from micro_perception.depth.network import load_depth_net
 
             self.net = Runtime(load_depth_net(depth_weights), "depth", runtime, warn)
+        shipped_seg = seg_weights == "default"
         if seg_weights == "default":
             seg_weights = shipped_model("segmentation.pt")
         if seg_weights is not None:
@@ -153,6 +157,20 @@ class DepthPipeline:
             self.seg = Runtime(load_seg_net(seg_weights), "segmentation", runtime, warn)
         if self.cfg.estimator == "net" and self.net is None:
             raise InputError("estimator net needs depth network weights (a weights file)")
+        if edge_weights == "default":
+            with_shipped = shipped_seg and self.seg is not None
+            edge_weights = shipped_model("edge_refiner.pt") if with_shipped else None
+        self.edges = None
+        self.edge_weights = Path(edge_weights) if edge_weights is not None else None
+        if edge_weights is not None:
+            if self.seg is None:
+                raise InputError(
+                    f"edge refiner {edge_weights} corrects a segmentation network's edges, and "
+                    "there is none (pass segmentation weights, or no edge refiner)"
+                )
+            from micro_perception.depth.edge_refine import load_edge_refiner
+
+            self.edges = load_edge_refiner(edge_weights)
 
     @property
     def mask_source(self) -> str:
@@ -259,6 +277,9 @@ class DepthPipeline:
             soft_right = _threshold_at_half(probs[1], cfg.mask_threshold)
             mask, right_mask = soft >= 0.5, soft_right >= 0.5
         t0 = time.perf_counter()
+        shifts = None
+        if self.edges is not None and soft is not None and self.seg is not None:
+            shifts = (self.edges(soft, left), self.edges(soft_right, right))
         m = measure(
             pair,
             st.depth,
@@ -267,6 +288,7 @@ class DepthPipeline:
             st.confidence,
             cfg.geometry,
             (left, right),
+            shifts,
         )
         ms["geometry"] = (time.perf_counter() - t0) * 1e3
         # What the geometry took for the instrument is the instrument: other mask pixels (the

@@ -94,6 +94,13 @@ PARAMS = [
         "segmentation weights ('' = the installed models/segmentation.pt)",
         read_only=True,
     ),
+    ParamSpec(
+        "edge_weights",
+        "",
+        "edge refiner weights ('' = the installed models/edge_refiner.pt with the installed "
+        "segmentation weights; none = off)",
+        read_only=True,
+    ),
     *runtime_params("the networks"),
     ParamSpec(
         "stereo_backend",
@@ -195,6 +202,13 @@ PARAMS = [
 ]
 
 
+def _edge_weights(value: str):
+    """The edge_weights parameter as DepthPipeline takes it."""
+    if not value:
+        return "default"
+    return None if value.lower() == "none" else value
+
+
 class DepthNode(Node):
     def __init__(self, **kwargs):
         super().__init__("depth_node", **kwargs)
@@ -211,6 +225,7 @@ class DepthNode(Node):
             seg_weights=p["seg_weights"] or "default",
             runtime=runtime_config(p),
             warn=self.get_logger().warning,
+            edge_weights=_edge_weights(p["edge_weights"]),
         )
         if p["input_width"] and p["input_height"]:
             t0 = time.monotonic()
@@ -226,6 +241,9 @@ class DepthNode(Node):
                 "device": str(self.pipeline.device),
                 "masks": self.pipeline.mask_source,
                 "seg_flips": str(p["seg_flips"]),
+                "edge_refiner": str(self.pipeline.edge_weights)
+                if self.pipeline.edges is not None
+                else "off",
                 "stereo_backend": self.pipeline.stereo_backend,
             }
         )

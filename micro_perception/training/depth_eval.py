@@ -86,6 +86,7 @@ def evaluate_depth(
     progress: bool = True,
     weights: str | Path | None = None,
     seg_weights: str | Path | None = "default",
+    edge_weights: str | Path | None = "default",
 ) -> dict:
     from tqdm import tqdm
 
@@ -108,7 +109,7 @@ def evaluate_depth(
     if "combined" in methods:
         from micro_perception.depth.pipeline import DepthPipeline
 
-        combined = DepthPipeline(seg_weights=seg_weights, device="cpu")
+        combined = DepthPipeline(seg_weights=seg_weights, device="cpu", edge_weights=edge_weights)
     dff = Fuser("sml", "cpu")
     records = find_stacks(root)[:limit]
     per = {m: {"ms": []} for m in methods}
