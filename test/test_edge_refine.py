@@ -148,3 +148,18 @@ def test_train_edges_command_learns_and_keeps_its_samples(tmp_path, simulate, ru
     # The kept samples are read back: a second run on them needs no network.
     again = json.loads(run_cli(*args, "--epochs", "1", "--out", tmp_path / "b.pt").stdout)
     assert again["score"] == "gain_px"
+
+
+def test_features_read_about_the_runs_are_the_whole_images():
+    """view_edges reads a crop about the runs (half the time): the same features as the whole
+    image gives, also for a bar that runs off the image's side."""
+    from micro_perception.depth.edge_refine import view_edges
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (120, 300, 3)).astype(np.uint8)
+    for centre_at in (lambda v: 150.3 + 0.2 * v, lambda v: 6.0 + 0.3 * v):
+        soft = _bar(image.shape[:2], 9.7, centre_at)
+        rows, _, _, left, right, f_left, f_right = view_edges(soft, image)
+        width = right - left
+        assert np.allclose(f_left, edge_features(image, soft, rows, left, -1.0, width), atol=1e-3)
+        assert np.allclose(f_right, edge_features(image, soft, rows, right, 1.0, width), atol=1e-3)
