@@ -518,6 +518,14 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_edge_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--edge-weights",
+        help="edge refiner weights, or none (default: the shipped ones with the shipped "
+        "segmentation weights, else none)",
+    )
+
+
 def _pipeline_config(args: argparse.Namespace, **kwargs):
     from micro_perception.depth.pipeline import PipelineConfig
     from micro_perception.depth.stereo import StereoConfig
@@ -1181,11 +1189,9 @@ def _read_calibrated(args: argparse.Namespace, need_right: bool):
 
 
 def _edge_weights(args: argparse.Namespace):
-    """--edge-weights: a file, "none" (no refiner), or unset (the shipped one, with the shipped
-    segmentation network)."""
-    if args.edge_weights is None:
-        return "default"
-    return None if args.edge_weights.lower() == "none" else args.edge_weights
+    from micro_perception.depth.pipeline import edge_weights_setting
+
+    return edge_weights_setting(args.edge_weights)
 
 
 def _pipeline(args: argparse.Namespace, estimator: str):
@@ -1760,11 +1766,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["combined", "net", "stereo", "dff"],
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    p.add_argument(
-        "--edge-weights",
-        help="edge refiner weights, or none (default: the shipped ones with the shipped "
-        "segmentation weights, else none)",
-    )
+    _add_edge_weights_arg(p)
     p.add_argument("--weights", help="depth network weights (for method net)")
     p.add_argument(
         "--input",
@@ -1784,11 +1786,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the true instrument masks: the geometry's own error",
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    p.add_argument(
-        "--edge-weights",
-        help="edge refiner weights, or none (default: the shipped ones with the shipped "
-        "segmentation weights, else none)",
-    )
+    _add_edge_weights_arg(p)
     _add_pipeline_args(p)
     p.add_argument(
         "--known-instrument",
@@ -1845,11 +1843,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="combined", choices=["combined", "stereo", "net"])
     p.add_argument("--weights", help="depth network weights (for --method net)")
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    p.add_argument(
-        "--edge-weights",
-        help="edge refiner weights, or none (default: the shipped ones with the shipped "
-        "segmentation weights, else none)",
-    )
+    _add_edge_weights_arg(p)
     _add_pipeline_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--png", help="also write a colour map here")
@@ -1861,11 +1855,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera-info", nargs=2, required=True, help="LEFT.yaml RIGHT.yaml (ROS calibration)"
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
-    p.add_argument(
-        "--edge-weights",
-        help="edge refiner weights, or none (default: the shipped ones with the shipped "
-        "segmentation weights, else none)",
-    )
+    _add_edge_weights_arg(p)
     _add_pipeline_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])

@@ -982,16 +982,9 @@ def _working_end_radius_px(left: Instrument2D, right: Instrument2D, cfg) -> floa
 # --- the shaft in 3D ---------------------------------------------------------------------------
 
 
-def _edges(
-    soft: np.ndarray | None,
-    rows: np.ndarray,
-    first: np.ndarray,
-    last: np.ndarray,
-    shift: EdgeShift | None = None,
-):
+def _edges(soft: np.ndarray | None, rows: np.ndarray, first: np.ndarray, last: np.ndarray):
     """Sub-pixel left and right edges of runs [first, last] on ``rows``: half a pixel outside
-    the end pixels for a hard mask, where the probability crosses 0.5 for a soft one, moved by
-    ``shift`` where it holds a correction for the run's end pixel."""
+    the end pixels for a hard mask, where the probability crosses 0.5 for a soft one."""
     left = first - 0.5
     right = last + 0.5
     if soft is None or len(rows) == 0:
@@ -1011,8 +1004,6 @@ def _edges(
     ok = (last < w - 1) & (p_out < 0.5) & (p_in >= 0.5)
     with np.errstate(divide="ignore", invalid="ignore"):
         right = np.where(ok, last + (p_in - 0.5) / (p_in - p_out), right)
-    if shift is not None:
-        left, right = shift.apply(rows, first, last, left, right)
     return left, right
 
 
@@ -1024,7 +1015,7 @@ def mask_runs(soft: np.ndarray):
     return rows, first, last, left, right
 
 
-def _row_centres(comp: np.ndarray, soft: np.ndarray | None = None, shift: EdgeShift | None = None):
+def _row_centres(comp: np.ndarray, soft: np.ndarray | None = None):
     """Per row: the run's centre and length (sub-pixel with a soft mask), whether the row holds
     one contiguous run, and its first and last pixel."""
     w = comp.shape[1]
@@ -1032,7 +1023,7 @@ def _row_centres(comp: np.ndarray, soft: np.ndarray | None = None, shift: EdgeSh
     first = np.argmax(comp, 1)
     last = w - 1 - np.argmax(comp[:, ::-1], 1)
     single = (count > 0) & (count == last - first + 1)
-    left, right = _edges(soft, np.arange(comp.shape[0]), first, last, shift)
+    left, right = _edges(soft, np.arange(comp.shape[0]), first, last)
     return (left + right) / 2.0, right - left, single, first, last
 
 
@@ -1096,12 +1087,13 @@ def shaft_from_silhouettes(
     centres, edges = [], []
     for inst in (left, right):
         c, length, single, first, last = _row_centres(inst.mask, inst.soft)
+        centre, edge_pair = c, (c - length / 2, c + length / 2)
         # Which rows cross the shaft is the mask's to say; where their edges lie, the
         # corrected edges' (their widths would admit rows on a flat shaft that reads worse).
-        fine = c, length
         if inst.edge_shift is not None:
-            fine = _row_centres(inst.mask, inst.soft, inst.edge_shift)[:2]
-        edges.append((fine[0] - fine[1] / 2, fine[0] + fine[1] / 2))
+            edge_pair = inst.edge_shift.apply(rows.astype(int), first, last, *edge_pair)
+            centre = (edge_pair[0] + edge_pair[1]) / 2
+        edges.append(edge_pair)
         crossing = 2 * inst.radius_px / abs(inst.direction[1])  # across a straight shaft
         along = inst.along(c, rows)
         cand = (
@@ -1114,7 +1106,7 @@ def shaft_from_silhouettes(
         use &= cand & (np.abs(length - crossing) <= 0.2 * crossing + 2)
         if cand.any():
             even &= np.abs(length - np.median(length[cand])) <= cfg.row_width_tol_px
-        centres.append(fine[0])
+        centres.append(centre)
     if even_rows:
         use &= even
     if use.sum() < cfg.min_rows:

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from shapes import covered
+from shapes import covered_bar
 
 from micro_perception.depth.edge_refine import FEATURES, edge_features, load_edge_refiner
 from micro_perception.errors import InputError
@@ -16,12 +16,12 @@ from micro_perception.sim.scene import make_scene
 from micro_perception.training.edge_train import frame_samples
 
 
-def _bar(shape, half_width, centre_at=lambda v: 100.3 + 0.2 * v):
-    return covered(shape, lambda u, v: np.abs(u - centre_at(v)) <= half_width)
+def _slant(v):
+    return 100.3 + 0.2 * v
 
 
 def test_corrections_move_the_rows_edges_and_only_at_the_runs_ends():
-    soft = _bar((60, 200), 10.0)
+    soft = covered_bar((60, 200), _slant, 10.0)
     rows, first, last, left, right = mask_runs(soft)
     assert len(rows) == 60 and np.allclose(right - left, 20.0, atol=0.05)
     shift_first, shift_last = np.zeros_like(soft), np.zeros_like(soft)
@@ -63,8 +63,8 @@ def test_samples_are_each_edges_outward_error_on_rows_of_one_run():
     about +0.4 px (the true mask is whole pixels: +-0.5 px each, unbiased over the rows). Rows
     where the network holds two runs are left out."""
     shape = (80, 200)
-    true = _bar(shape, 10.0) >= 0.5
-    soft = _bar(shape, 10.4)
+    true = covered_bar(shape, _slant, 10.0) >= 0.5
+    soft = covered_bar(shape, _slant, 10.4)
     soft[20:30, 160:170] = 1.0  # a second run on ten rows
     image = np.zeros((*shape, 3), np.uint8)
     image[true] = 200
@@ -158,7 +158,7 @@ def test_features_read_about_the_runs_are_the_whole_images():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (120, 300, 3)).astype(np.uint8)
     for centre_at in (lambda v: 150.3 + 0.2 * v, lambda v: 6.0 + 0.3 * v):
-        soft = _bar(image.shape[:2], 9.7, centre_at)
+        soft = covered_bar(image.shape[:2], centre_at, 9.7)
         rows, _, _, left, right, f_left, f_right = view_edges(soft, image)
         width = right - left
         assert np.allclose(f_left, edge_features(image, soft, rows, left, -1.0, width), atol=1e-3)

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from shapes import covered
+from shapes import covered, covered_bar
 
 from micro_perception.errors import InputError
 from micro_perception.geometry import (
@@ -202,16 +202,11 @@ def test_a_round_bright_blob_is_not_taken_for_the_instrument():
     assert inst is not None and inst.tip_px[0] < 260 and inst.area < 5000
 
 
-def _covered_bar(shape, centre_at, half_width):
-    """Each pixel's covered fraction of the band |u - centre_at(v)| <= half_width."""
-    return covered(shape, lambda u, v: np.abs(u - centre_at(v)) <= half_width)
-
-
 def test_a_probability_mask_places_edges_between_pixels():
     """A mask given as probabilities has its edges where they cross 0.5: the shaft's width
     and centre to hundredths of a pixel, where the thresholded mask is off by tenths."""
     centre_at = lambda v: 120.3 + 0.35 * v  # noqa: E731
-    soft = _covered_bar((240, 320), centre_at, 10.3)
+    soft = covered_bar((240, 320), centre_at, 10.3)
     hard_inst = find_instrument(soft >= 0.5, 64000.0)
     soft_inst = find_instrument(soft, 64000.0)
     assert np.array_equal(soft_inst.mask, hard_inst.mask)

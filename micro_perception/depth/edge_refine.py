@@ -167,8 +167,8 @@ class EdgeRefiner:
         shift_first = np.zeros(soft.shape, np.float32)
         shift_last = np.zeros(soft.shape, np.float32)
         # The network gives each edge's outward error; the correction is its opposite.
-        shift_first[rows, first] = -np.clip(self.predict(f_left), -limit, limit)
-        shift_last[rows, last] = -np.clip(self.predict(f_right), -limit, limit)
+        error = np.clip(self.predict(np.concatenate([f_left, f_right])), -limit, limit)
+        shift_first[rows, first], shift_last[rows, last] = -error[: len(rows)], -error[len(rows) :]
         return EdgeShift(shift_first, shift_last)
 
 

@@ -73,6 +73,14 @@ class PipelineConfig:
             raise InputError(f"boundary_band_px must be >= 0, got {self.boundary_band_px}")
 
 
+def edge_weights_setting(value: str | None) -> str | None:
+    """``DepthPipeline``'s ``edge_weights`` from a user's setting (the node's parameter, a
+    command's option): unset or empty is the default, "none" no refiner, else a file."""
+    if not value:
+        return "default"
+    return None if value.lower() == "none" else value
+
+
 def _threshold_at_half(prob: np.ndarray, threshold: float) -> np.ndarray:
     """``prob`` remapped piecewise linearly so that ``threshold`` becomes 0.5 (what the
     geometry's soft masks are cut at), keeping 0 and 1."""
@@ -278,7 +286,7 @@ class DepthPipeline:
             mask, right_mask = soft >= 0.5, soft_right >= 0.5
         t0 = time.perf_counter()
         shifts = None
-        if self.edges is not None and soft is not None and self.seg is not None:
+        if self.edges is not None and soft is not None:
             shifts = (self.edges(soft, left), self.edges(soft_right, right))
         m = measure(
             pair,

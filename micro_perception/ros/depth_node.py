@@ -38,6 +38,7 @@ from micro_perception.depth.pipeline import (
     STAGES,
     DepthPipeline,
     PipelineConfig,
+    edge_weights_setting,
 )
 from micro_perception.depth.stereo import STEREO_BACKENDS, StereoConfig
 from micro_perception.errors import InputError
@@ -202,13 +203,6 @@ PARAMS = [
 ]
 
 
-def _edge_weights(value: str):
-    """The edge_weights parameter as DepthPipeline takes it."""
-    if not value:
-        return "default"
-    return None if value.lower() == "none" else value
-
-
 class DepthNode(Node):
     def __init__(self, **kwargs):
         super().__init__("depth_node", **kwargs)
@@ -225,7 +219,7 @@ class DepthNode(Node):
             seg_weights=p["seg_weights"] or "default",
             runtime=runtime_config(p),
             warn=self.get_logger().warning,
-            edge_weights=_edge_weights(p["edge_weights"]),
+            edge_weights=edge_weights_setting(p["edge_weights"]),
         )
         if p["input_width"] and p["input_height"]:
             t0 = time.monotonic()
@@ -241,9 +235,7 @@ class DepthNode(Node):
                 "device": str(self.pipeline.device),
                 "masks": self.pipeline.mask_source,
                 "seg_flips": str(p["seg_flips"]),
-                "edge_refiner": str(self.pipeline.edge_weights)
-                if self.pipeline.edges is not None
-                else "off",
+                "edge_refiner": str(self.pipeline.edge_weights or "off"),
                 "stereo_backend": self.pipeline.stereo_backend,
             }
         )

@@ -191,8 +191,9 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
             "in_range": len(in_range),
             "input": input_kind,
             "masks": "oracle" if oracle_masks else pipeline.mask_source,
+            # A stand-in pipeline (a test's, a replay's) may name no refiner.
             "edge_refiner": None
-            if oracle_masks or getattr(pipeline, "edges", None) is None
+            if oracle_masks or getattr(pipeline, "edge_weights", None) is None
             else str(pipeline.edge_weights),
             "mode": mode,
             "alert_distance_m": alert_distance,
