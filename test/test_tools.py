@@ -44,8 +44,11 @@ def test_the_segmentation_training_script_runs_end_to_end_on_the_cpu(tmp_path):
     for which in ("new", "deep"):
         assert (out / f"seg_{which}.pt").stat().st_size > 0
         assert json.loads((out / f"train_{which}.json").read_text())["train_loss_first_last"]
-    for which in ("new", "deep", "shipped"):
+    for which in ("new", "deep", "shipped", "shipped_refined"):
         result = json.loads((out / f"eval_distance_{which}.json").read_text())
         assert result["_meta"]["frames"] == 2 and "alert_margins" in result
+        # Candidates are judged against the shipped network without its edge refiner.
+        refiner = result["_meta"]["edge_refiner"]
+        assert (refiner is not None) == (which == "shipped_refined"), (which, refiner)
     assert "frames in both" in log  # eval compare's verdict on the two runs
     assert done.returncode == 0

@@ -10,8 +10,9 @@
 #   3. with DIST_EVAL=1 (default), score them and the shipped weights on the README's 300
 #      distance frames (`simulate --seed 1 --split test`: the same scenes as data/distance_test)
 #      with the same stereo backend, `eval distance` and `eval compare`, and `eval segment` on
-#      the validation frames. DIST_EVAL=0 leaves the judging to the CPU machine, on all four
-#      held-out sets (README).
+#      the validation frames. All without the edge refiner, which learned the shipped
+#      network's edges; the shipped weights with it too (shipped_refined), for reference.
+#      DIST_EVAL=0 leaves the judging to the CPU machine, on all four held-out sets (README).
 # INIT=models/segmentation.pt fine-tunes the shipped network instead (with WIDTHS of its own,
 # "8 16 24 32 48", and a lower LR, e.g. 1e-3).
 # Results go to $OUT (default: device_out/): log.txt, seg_NAME.pt (a few MB) and train_NAME.json
@@ -88,9 +89,12 @@ if [ "$DIST_EVAL" = 1 ]; then
   stamp "simulate the README's $TEST distance frames"
   timeout 150 $MP simulate --out "$WORK/test" --samples "$TEST" --seed 1 --split test \
     --size $SIZE --workers "$W" --json | tail -2
-  for which in "${NAMES[@]}" shipped; do
-    weights=()
-    [ "$which" != shipped ] && weights=(--seg-weights "$WORK/seg_$which.pt")
+  # The shipped weights without their edge refiner: it learned their edges, and a candidate
+  # runs without one (models/README.md). shipped_refined is what the node runs now.
+  for which in "${NAMES[@]}" shipped shipped_refined; do
+    weights=(--edge-weights none)
+    [ "$which" = shipped_refined ] && weights=()
+    [ "${which#shipped}" = "$which" ] && weights=(--seg-weights "$WORK/seg_$which.pt")
     stamp "eval distance, $which weights"
     timeout 240 $MP eval distance --data "$WORK/test" "${weights[@]}" --device "$DEVICE" \
       --json --frames "$OUT/eval_distance_${which}_frames.json" \
