@@ -13,6 +13,9 @@
 #      the validation frames. All without the edge refiner, which learned the shipped
 #      network's edges; the shipped weights with it too (shipped_refined), for reference.
 #      DIST_EVAL=0 leaves the judging to the CPU machine, on all four held-out sets (README).
+#   4. with EDGES=1 (default), `train edges` gives each candidate an edge refiner of its own
+#      (EDGE_FRAMES training frames, EDGE_BUDGET seconds; the shared loop on CUDA), and NAME_refined
+#      is judged against shipped_refined.
 # INIT=models/segmentation.pt fine-tunes the shipped network instead (with WIDTHS of its own,
 # "8 16 24 32 48", and a lower LR, e.g. 1e-3).
 # Results go to $OUT (default: device_out/): log.txt, seg_NAME.pt (a few MB) and train_NAME.json
@@ -39,6 +42,11 @@ LR=${LR:-3e-3}
 TIP_WEIGHT=${TIP_WEIGHT:-1}  # 5: the loss weight of the tip's disc (models/segmentation.md)
 LOADERS=${LOADERS:-4}  # data-loader processes per candidate
 DIST_EVAL=${DIST_EVAL:-1}
+EDGES=${EDGES:-1}  # 1: each candidate also gets an edge refiner of its own, judged with it
+EDGE_FRAMES=${EDGE_FRAMES:-300}  # training frames the refiner learns from
+EDGE_BUDGET=${EDGE_BUDGET:-120}  # s of refiner training, after fusing and segmenting
+EDGE_VAL_EVERY=${EDGE_VAL_EVERY:-10}  # every Nth training frame validates the refiner
+EDGE_BATCH=${EDGE_BATCH:-1024}  # edges per step
 # shellcheck source=tools/device_env.sh
 . tools/device_env.sh
 stamp "machine"
@@ -85,16 +93,35 @@ for name in "${NAMES[@]}"; do
   cp "$WORK/seg_$name.pt" "$OUT/seg_$name.pt" && ls -l "$OUT/seg_$name.pt"
 done
 
+EVALS=("${NAMES[@]}" shipped shipped_refined)
+if [ "$EDGES" = 1 ] && [ "$DIST_EVAL" = 1 ]; then
+  for name in "${NAMES[@]}"; do
+    stamp "train edges $name: $EDGE_FRAMES frames, $EDGE_BUDGET s budget"
+    timeout $((EDGE_BUDGET + 600)) $MP train edges --data "$WORK/train" \
+      --seg-weights "$WORK/seg_$name.pt" --out "$WORK/edges_$name.pt" --limit "$EDGE_FRAMES" \
+      --val-every "$EDGE_VAL_EVERY" --batch "$EDGE_BATCH" --device "$DEVICE" $AMP \
+      --time-budget "$EDGE_BUDGET" --quiet \
+      > "$OUT/train_edges_$name.json" 2>"$WORK/train_edges_$name.err"
+    tail -3 "$WORK/train_edges_$name.err"
+    tail -c 600 "$OUT/train_edges_$name.json"
+    cp "$WORK/edges_$name.pt" "$OUT/edges_$name.pt" && EVALS+=("${name}_refined")
+  done
+fi
+
 if [ "$DIST_EVAL" = 1 ]; then
   stamp "simulate the README's $TEST distance frames"
   timeout 150 $MP simulate --out "$WORK/test" --samples "$TEST" --seed 1 --split test \
     --size $SIZE --workers "$W" --json | tail -2
   # The shipped weights without their edge refiner: it learned their edges, and a candidate
   # runs without one (models/README.md). shipped_refined is what the node runs now.
-  for which in "${NAMES[@]}" shipped shipped_refined; do
-    weights=(--edge-weights none)
-    [ "$which" = shipped_refined ] && weights=()
-    [ "${which#shipped}" = "$which" ] && weights=(--seg-weights "$WORK/seg_$which.pt")
+  for which in "${EVALS[@]}"; do
+    case "$which" in
+      shipped) weights=(--edge-weights none) ;;
+      shipped_refined) weights=() ;;
+      *_refined) weights=(--seg-weights "$WORK/seg_${which%_refined}.pt"
+        --edge-weights "$WORK/edges_${which%_refined}.pt") ;;
+      *) weights=(--seg-weights "$WORK/seg_$which.pt") ;;  # no refiner: not the shipped network
+    esac
     stamp "eval distance, $which weights"
     timeout 240 $MP eval distance --data "$WORK/test" "${weights[@]}" --device "$DEVICE" \
       --json --frames "$OUT/eval_distance_${which}_frames.json" \
@@ -108,6 +135,11 @@ d['by_instrument'].items()})" "$OUT/eval_distance_$which.json"
     stamp "eval compare: $name against shipped, frame by frame (paired 95 % interval)"
     timeout 60 $MP eval compare "$OUT/eval_distance_shipped_frames.json" \
       "$OUT/eval_distance_${name}_frames.json" | head -20
+    if [ -f "$OUT/eval_distance_${name}_refined_frames.json" ]; then
+      stamp "eval compare: ${name}_refined against shipped_refined, each with its own refiner"
+      timeout 60 $MP eval compare "$OUT/eval_distance_shipped_refined_frames.json" \
+        "$OUT/eval_distance_${name}_refined_frames.json" | head -20
+    fi
     stamp "eval segment (validation frames), $name"
     timeout 60 $MP eval segment --data "$WORK/val" --weights "$WORK/seg_$name.pt" --json \
       > "$OUT/eval_segment_$name.json" 2>/dev/null
