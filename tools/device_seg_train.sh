@@ -14,8 +14,10 @@
 #      network's edges; the shipped weights with it too (shipped_refined), for reference.
 #      DIST_EVAL=0 leaves the judging to the CPU machine, on all four held-out sets (README).
 #   4. with EDGES=1 (default), `train edges` gives each candidate an edge refiner of its own
-#      (EDGE_FRAMES training frames, EDGE_BUDGET seconds; the shared loop on CUDA), and NAME_refined
-#      is judged against shipped_refined.
+#      (EDGE_FRAMES training frames, EDGE_BUDGET seconds; the shared loop on CUDA), and
+#      NAME_refined is judged against shipped_refined. Not yet timed on a GPU: reckon a few
+#      minutes a candidate (fusing and segmenting, EDGE_BUDGET, one more `eval distance`) on
+#      top of the 11 above; EDGES=0 leaves it out.
 # INIT=models/segmentation.pt fine-tunes the shipped network instead (with WIDTHS of its own,
 # "8 16 24 32 48", and a lower LR, e.g. 1e-3).
 # Results go to $OUT (default: device_out/): log.txt, seg_NAME.pt (a few MB) and train_NAME.json
