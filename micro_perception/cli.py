@@ -495,6 +495,15 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
         "upside down) and average; 2x or 4x the segmentation time",
     )
     p.add_argument(
+        "--seg-px-per-mm",
+        type=float,
+        default=-1.0,
+        metavar="S",
+        help="pixel scale the segmentation network learned at, px per mm at the working "
+        "distance: images at another scale are resized to it for segmenting (default: the "
+        "shipped network's 64 with the shipped weights, else 0; 0: never resized)",
+    )
+    p.add_argument(
         "--light-pipe-glow",
         type=float,
         default=0.35e-3,
@@ -533,6 +542,7 @@ def _pipeline_config(args: argparse.Namespace, **kwargs):
 
     return PipelineConfig(
         seg_flips=args.seg_flips,
+        seg_px_per_mm=args.seg_px_per_mm,
         stereo=StereoConfig(backend=args.stereo_backend),
         geometry=tool_geometry({k: getattr(args, k) for k in TOOL_SETTINGS}),
         **kwargs,
@@ -998,6 +1008,7 @@ def cmd_eval_hover(args: argparse.Namespace) -> int:
             {
                 "device": args.device,
                 "seg_flips": args.seg_flips,
+                "seg_px_per_mm": args.seg_px_per_mm,
                 "stereo_backend": args.stereo_backend,
                 **{k: getattr(args, k) for k in TOOL_SETTINGS},
             },

@@ -107,6 +107,7 @@ def test_every_output_has_its_type_frame_and_stamp(run):
     values = {kv.key: kv.value for kv in health.values}
     assert values["estimator"] == "combined" and values["device"] == "cpu"
     assert values["masks"] == "segmentation" and values["seg_flips"] == "2"
+    assert values["seg_px_per_mm"] == "64"  # the shipped network's scale, by default
     assert values["stereo_backend"] == "opencv"  # auto on the CPU
     assert values["edge_refiner"].endswith("edge_refiner.pt")  # the shipped one, by default
 

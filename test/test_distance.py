@@ -94,14 +94,17 @@ def test_seg_flips_average_the_mirrored_images_probabilities(needle):
     with pytest.raises(InputError, match="seg_flips"):
         PipelineConfig(seg_flips=3)
     # The commands' --seg-flips spells out the pipeline's choices and default (no torch import).
-    from micro_perception.cli import build_parser
+    from micro_perception.cli import _pipeline_config, build_parser
     from micro_perception.depth.pipeline import SEG_FLIPS
 
     for argv in (["eval", "distance", "--data", "d"], ["eval", "hover"]):
         assert build_parser().parse_args(argv).seg_flips == PipelineConfig().seg_flips
+        assert build_parser().parse_args(argv).seg_px_per_mm == PipelineConfig().seg_px_per_mm
+    args = build_parser().parse_args(["measure", "l", "r", "--camera-info", "a", "b"])
+    assert _pipeline_config(args).seg_px_per_mm == PipelineConfig().seg_px_per_mm
+    args = build_parser().parse_args(["eval", "distance", "--data", "d", "--seg-px-per-mm", "0"])
+    assert _pipeline_config(args).seg_px_per_mm == 0.0
     # --symmetric-jaws reaches the geometry; off unless given.
-    from micro_perception.cli import _pipeline_config
-
     for flag in ([], ["--symmetric-jaws"]):
         args = build_parser().parse_args(["eval", "hover", *flag])
         assert _pipeline_config(args).geometry.symmetric_jaws is bool(flag)

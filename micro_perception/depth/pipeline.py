@@ -42,6 +42,10 @@ from micro_perception.inference import Runtime, RuntimeConfig, pick_device
 
 ESTIMATORS = ("combined", "stereo", "net")
 STAGES = ("stereo", "net", "segment", "geometry", "fuse")  # the keys of FrameResult.ms
+# The shipped segmentation network's pixel scale: the virtual microscope's 512x512 images of an
+# 8 mm field at its working distance (models/segmentation.md).
+SHIPPED_SEG_PX_PER_MM = 64.0
+_SEG_SCALE_SLACK = 0.05  # relative: nearer the network's scale than this, no resizing
 SEG_FLIPS = (1, 2, 4)
 _FLIP_DIMS = ((), (3,), (2,), (2, 3))  # of an (N, C, H, W) batch
 
@@ -53,6 +57,12 @@ class PipelineConfig:
     # Segment the image and its mirror images (1: as is; 2: and flipped left-right; 4: and
     # upside down, both) and average: the network's errors at the edges differ between them.
     seg_flips: int = 2
+    # The pixel scale (px per mm at the working distance) the segmentation network learned at;
+    # images at another scale are resized to it for segmenting and the probabilities back. The
+    # network learned an instrument's size in pixels: the same scenes at 768x768 instead of
+    # 512x512 read 75 um MAE instead of 41, and 44 resized. Negative: the shipped network's
+    # (SHIPPED_SEG_PX_PER_MM) with the shipped weights, else 0; 0: never resized.
+    seg_px_per_mm: float = -1.0
     min_height: float = 150e-6  # m above the retina: the mask without a network
     boundary_band_px: int = 4  # retina pixels this close to the instrument take the retina model
     retina_tolerance: float = 0.5e-3  # m off the retina model: a stereo mismatch, made unknown
@@ -69,6 +79,8 @@ class PipelineConfig:
             raise InputError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.seg_flips not in SEG_FLIPS:
             raise InputError(f"seg_flips must be one of {list(SEG_FLIPS)}, got {self.seg_flips}")
+        if not np.isfinite(self.seg_px_per_mm):
+            raise InputError(f"seg_px_per_mm must be a number, got {self.seg_px_per_mm}")
         if self.boundary_band_px < 0:
             raise InputError(f"boundary_band_px must be >= 0, got {self.boundary_band_px}")
 
@@ -163,6 +175,9 @@ class DepthPipeline:
             from micro_perception.depth.segmentation import load_seg_net
 
             self.seg = Runtime(load_seg_net(seg_weights), "segmentation", runtime, warn)
+        self.seg_px_per_mm = self.cfg.seg_px_per_mm
+        if self.seg_px_per_mm < 0:
+            self.seg_px_per_mm = SHIPPED_SEG_PX_PER_MM if shipped_seg else 0.0
         if self.cfg.estimator == "net" and self.net is None:
             raise InputError("estimator net needs depth network weights (a weights file)")
         if edge_weights == "default":
@@ -215,10 +230,31 @@ class DepthPipeline:
         if self.net is not None:
             self.run_net([blank] if self.seg is not None else [blank, blank])
 
-    @torch.inference_mode()
-    def segment(self, images: list[np.ndarray]) -> np.ndarray:
+    def seg_scale(self, pair: StereoPair, depth: np.ndarray | None = None) -> float:
+        """The factor that brings ``pair``'s images to the segmentation network's pixel scale
+        (``seg_px_per_mm``), at the working distance: the median of ``depth`` (m), else where
+        the views converge; 1 when that is unknown, or within 5 %."""
+        z = float(np.nanmedian(depth)) if depth is not None and np.isfinite(depth).any() else 0.0
+        if not 0.0 < z < float("inf"):
+            z = pair.convergence_distance
+        if self.seg_px_per_mm <= 0 or not 0.0 < z < float("inf"):
+            return 1.0
+        scale = self.seg_px_per_mm / (pair.left.fx / z * 1e-3)
+        return 1.0 if abs(scale - 1.0) <= _SEG_SCALE_SLACK else scale
+
+    def segment(self, images: list[np.ndarray], scale: float = 1.0) -> np.ndarray:
         """Instrument probability of each RGB image, (N, H, W) float32 (the mean over
-        ``seg_flips`` mirror images)."""
+        ``seg_flips`` mirror images), the images resized by ``scale`` for the network."""
+        if scale == 1.0:
+            return self._segment(images)
+        h, w = images[0].shape[:2]
+        size = (max(round(w * scale), 16), max(round(h * scale), 16))
+        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        probs = self._segment([cv2.resize(im, size, interpolation=interp) for im in images])
+        return np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
+
+    @torch.inference_mode()
+    def _segment(self, images: list[np.ndarray]) -> np.ndarray:
         x = self._batch(images)
         prob = None
         for dims in _FLIP_DIMS[: self.cfg.seg_flips]:
@@ -268,7 +304,7 @@ class DepthPipeline:
             right_mask = masks[1] > 0 if masks[1] is not None else None
         elif self.seg is not None:
             t0 = time.perf_counter()
-            probs = self.segment([left, right])
+            probs = self.segment([left, right], self.seg_scale(pair, st.depth))
             ms["segment"] = (time.perf_counter() - t0) * 1e3
         elif self.net is not None:
             if net_depth is None:

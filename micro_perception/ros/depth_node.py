@@ -167,6 +167,16 @@ PARAMS = [
         read_only=True,
     ),
     ParamSpec(
+        "seg_px_per_mm",
+        PipelineConfig.seg_px_per_mm,
+        "pixel scale the segmentation network learned at, px per mm at the working distance: "
+        "images at another scale are resized to it for segmenting (-1: the installed network's "
+        "64 with the installed weights, else 0; 0: never resized)",
+        -1.0,
+        10000.0,
+        read_only=True,
+    ),
+    ParamSpec(
         "light_pipe_glow",
         GeometryConfig.bright_end_length,
         "a light pipe's fibre glows this far past its metal sleeve, m (0: the mask's end is "
@@ -212,6 +222,7 @@ class DepthNode(Node):
                 estimator=p["estimator"],
                 mask_threshold=p["mask_threshold"],
                 seg_flips=p["seg_flips"],
+                seg_px_per_mm=p["seg_px_per_mm"],
                 stereo=StereoConfig(backend=p["stereo_backend"]),
                 geometry=tool_geometry({k: p[k] for k in TOOL_SETTINGS}),
             ),
@@ -235,6 +246,7 @@ class DepthNode(Node):
                 "device": str(self.pipeline.device),
                 "masks": self.pipeline.mask_source,
                 "seg_flips": str(p["seg_flips"]),
+                "seg_px_per_mm": f"{self.pipeline.seg_px_per_mm:g}",
                 "edge_refiner": str(self.pipeline.edge_weights or "off"),
                 "stereo_backend": self.pipeline.stereo_backend,
             }

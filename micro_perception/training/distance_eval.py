@@ -195,6 +195,7 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
             "edge_refiner": None
             if oracle_masks or getattr(pipeline, "edge_weights", None) is None
             else str(pipeline.edge_weights),
+            "seg_px_per_mm": None if oracle_masks else getattr(pipeline, "seg_px_per_mm", None),
             "mode": mode,
             "alert_distance_m": alert_distance,
             "data": data,

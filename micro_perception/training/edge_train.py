@@ -85,13 +85,14 @@ def collect_samples(root: str, cfg: EdgeTrainConfig, progress: bool = True) -> d
 
     from micro_perception.depth.pipeline import DepthPipeline, PipelineConfig
     from micro_perception.fusion.fuser import Fuser
-    from micro_perception.sim.dataset import find_stacks
+    from micro_perception.sim.dataset import dataset_stereo_pair, find_stacks
     from micro_perception.training.depth_eval import eval_frame
 
     key = {
         "set": str(Path(root).resolve()),
         "seg_weights": cfg.seg_weights,
         "seg_flips": cfg.seg_flips,
+        "seg_px_per_mm": PipelineConfig.seg_px_per_mm,
         "input": cfg.input,
         "limit": cfg.limit,
         "max_label_px": cfg.max_label_px,
@@ -109,11 +110,14 @@ def collect_samples(root: str, cfg: EdgeTrainConfig, progress: bool = True) -> d
         raise InputError("training the edge refiner needs a segmentation network")
     fuser = Fuser("net", "cpu") if cfg.input == "fused" else None
     records = find_stacks(Path(root))[: cfg.limit]
+    pair = dataset_stereo_pair(Path(root))
     xs, ys, frames = [], [], []
     bar = tqdm(records, desc=f"edges of {Path(root).name}", disable=not progress)
     for i, rec in enumerate(bar):
         gts, _, images = eval_frame(rec, fuser)
-        probs = pipe.segment([images["left"], images["right"]])
+        # As the node segments: at the network's pixel scale (the true depth places the retina).
+        scale = pipe.seg_scale(pair, gts["left"].get("depth"))
+        probs = pipe.segment([images["left"], images["right"]], scale)
         for prob, eye in zip(probs, ("left", "right"), strict=True):
             if "mask" not in gts[eye]:
                 raise InputError(f"{rec.root / eye} has no mask.png to learn the edges from")
