@@ -64,3 +64,16 @@ def test_a_finer_camera_is_segmented_as_the_network_learned(pipe):
             assert _iou(result.mask.astype(np.float32), sample.left.mask) > as_is[-1]
     # 0.975 as the images come, 0.987 resized (a light pipe 0.950 -> 0.974)
     assert np.mean(resized) > np.mean(as_is) + 0.005, (as_is, resized)
+
+
+def test_warmup_segments_at_the_size_the_frames_will_be_segmented_at(pipe, monkeypatch):
+    sizes = []
+    real = pipe._segment
+
+    def spy(images):
+        sizes.append(images[0].shape)
+        return real(images)
+
+    monkeypatch.setattr(pipe, "_segment", spy)
+    pipe.warmup(768, 768)  # a 768x768 camera of the virtual microscope's field
+    assert sizes == [(512, 512, 3)]

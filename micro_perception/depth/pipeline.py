@@ -217,15 +217,16 @@ class DepthPipeline:
     def warmup(self, height: int, width: int) -> None:
         """Run the networks once at this image size (a compile or an engine load happens here,
         before the first frame, rather than on it)."""
-        blank = np.zeros((height, width, 3), np.uint8)
-        if self.seg is not None:
-            self.segment([blank, blank])
-        if self.stereo_backend == "torch":
-            # Triton compiles its kernel on the first call, one per disparity block size: the
-            # virtual microscope's calibration stands in for the camera_info not yet received.
-            from micro_perception.optics import MicroscopeOptics
+        from micro_perception.optics import MicroscopeOptics
 
-            pair = MicroscopeOptics().scaled_to(height, width).stereo()
+        blank = np.zeros((height, width, 3), np.uint8)
+        # The virtual microscope's calibration stands in for the camera_info not yet received:
+        # the size the network segments at, and Triton's kernels (compiled on the first call, one
+        # per disparity block size).
+        pair = MicroscopeOptics().scaled_to(height, width).stereo()
+        if self.seg is not None:
+            self.segment([blank, blank], self.seg_scale(pair))
+        if self.stereo_backend == "torch":
             stereo_depth(blank, blank, pair, self.cfg.stereo, self.device, self.warn)
         if self.net is not None:
             self.run_net([blank] if self.seg is not None else [blank, blank])
