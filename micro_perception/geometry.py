@@ -1460,6 +1460,14 @@ def _depth_strays(u, v, z, reach_px: float, cfg, lone: bool = False) -> np.ndarr
     return (near.any(1) | lone) & ~agree.any(1)
 
 
+def working_distance(pair: StereoPair, depth: np.ndarray | None = None) -> float:
+    """Where the retina and the instrument lie (m): the median of ``depth`` (NaN unknown), else
+    where the views converge (inf for a parallel pair)."""
+    if depth is not None and np.isfinite(depth).any():
+        return float(np.nanmedian(depth))
+    return pair.convergence_distance
+
+
 def view_uv(pair: StereoPair, points: np.ndarray, view: int) -> np.ndarray:
     """Image coordinates of 3D points (left optical frame) in the left (0) or right (1) view."""
     uv = project(pair, points)
@@ -1777,8 +1785,7 @@ def measure(
         out.retina, why = align_retina(out.retina, pair, images, hard, right_hard, cfg)
         if why:
             out.notes.append(f"retina not aligned on the images: {why}")
-    z0 = float(np.nanmedian(depth)) if np.isfinite(depth).any() else pair.convergence_distance
-    px_per_m = pair.left.fx / z0
+    px_per_m = pair.left.fx / working_distance(pair, depth)
     inst = _find_instrument(hard, soft, px_per_m, cfg) if hard.any() else None
     if inst is None:
         out.reason = "no instrument in view"
