@@ -29,7 +29,10 @@ setup(
         ),
         (
             f"share/{PACKAGE}/models",
-            _files("models/*.pt") + _files("models/*.safetensors") + _files("models/*.md"),
+            _files("models/*.pt")
+            + _files("models/*.safetensors")
+            + _files("models/*.json")
+            + _files("models/*.md"),
         ),
     ],
     python_requires=">=3.10",

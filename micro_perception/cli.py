@@ -535,6 +535,15 @@ def _add_edge_weights_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_uncertainty_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--uncertainty",
+        help="distance uncertainty file (`train uncertainty`), or none (default: the shipped "
+        "models/distance_uncertainty.json with the shipped segmentation weights and edge "
+        "refiner, else none)",
+    )
+
+
 def _pipeline_config(args: argparse.Namespace, **kwargs):
     from micro_perception.depth.pipeline import PipelineConfig
     from micro_perception.depth.stereo import StereoConfig
@@ -966,6 +975,44 @@ def cmd_train_edges(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_uncertainty(args: argparse.Namespace) -> int:
+    """Calibrate the distance's standard deviation by how it was measured, on frames files."""
+    from pathlib import Path
+
+    from micro_perception.training.distance_eval import load_frames
+    from micro_perception.uncertainty import DistanceUncertainty, normal_quantile
+
+    rows = []
+    for path in args.frames:
+        # Frame names repeat between sets: only the rows' values are used.
+        rows += load_frames(path)
+    model = DistanceUncertainty.fit(
+        rows,
+        args.quantile,
+        args.min_frames,
+        {"sources": [Path(p).name for p in args.frames]},
+    )
+    model.save(args.out)
+    if args.json:
+        print(json.dumps(model.to_json(), indent=2))
+        return 0
+    counts = model.calibration["counts"]
+    print(
+        f"{model.calibration['frames']} frames -> {args.out}: sigma is a kind's "
+        f"{model.quantile:.0%} quantile of |error| over {normal_quantile(model.quantile):.2f}"
+    )
+    for kind, n in counts.items():
+        sigma = model.sigma(kind)
+        if kind in model.sigma_m:
+            print(f"  {kind:<18} n={n:<4} sigma {sigma * 1e6:6.1f} um")
+        elif sigma == sigma:
+            print(f"  {kind:<18} n={n:<4} sigma {sigma * 1e6:6.1f} um (too few: its end's or all)")
+        else:
+            print(f"  {kind:<18} n={n:<4} sigma not known (its method is not calibrated)")
+    print(f"  any other kind     sigma {model.fallback_m * 1e6:6.1f} um")
+    return 0
+
+
 def cmd_eval_hover(args: argparse.Namespace) -> int:
     """Frame-to-frame jitter of depth_node's distance while the virtual instrument hovers."""
     import time
@@ -1200,9 +1247,15 @@ def _read_calibrated(args: argparse.Namespace, need_right: bool):
 
 
 def _edge_weights(args: argparse.Namespace):
-    from micro_perception.depth.pipeline import edge_weights_setting
+    from micro_perception.depth.pipeline import model_file_setting
 
-    return edge_weights_setting(args.edge_weights)
+    return model_file_setting(args.edge_weights)
+
+
+def _uncertainty(args: argparse.Namespace):
+    from micro_perception.depth.pipeline import model_file_setting
+
+    return model_file_setting(getattr(args, "uncertainty", None))
 
 
 def _pipeline(args: argparse.Namespace, estimator: str):
@@ -1214,6 +1267,7 @@ def _pipeline(args: argparse.Namespace, estimator: str):
         seg_weights=args.seg_weights or "default",
         device=args.device,
         edge_weights=_edge_weights(args),
+        uncertainty=_uncertainty(args),
     )
 
 
@@ -1272,9 +1326,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
         "tip_xyz_m": None if m.tip_xyz is None or not m.ok else [float(v) for v in m.tip_xyz],
         "distance_normal_m": float(m.distance_normal) if m.ok else None,
         "distance_axis_m": float(m.distance_axial) if m.ok else None,
+        # The distance's calibrated standard deviation (pipe.uncertainty), null without one.
+        "distance_sigma_m": float(m.sigma) if np.isfinite(m.sigma) else None,
         "alert": bool(m.ok and m.distance(args.mode) < args.alert_distance),
         "reason": m.reason or None,
         "method": m.method or None,
+        "kind": m.kind if m.ok else None,
         "notes": m.notes,
         "retina_fit_residual_m": float(m.retina.residual) if m.retina else None,
         "retina_radius_m": float(m.retina.radius) if m.retina else None,
@@ -1295,8 +1352,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
         f"tip at pixel ({m.tip_px[0]:.1f}, {m.tip_px[1]:.1f}), "
         f"xyz {np.round(m.tip_xyz * 1e3, 3).tolist()} mm ({m.method})"
     )
+    sigma = f" (sigma {m.sigma * 1e6:.0f} um, {m.kind})" if np.isfinite(m.sigma) else ""
     print(
-        f"gap to the retina: {m.distance_normal * 1e3:.3f} mm along its normal, "
+        f"gap to the retina: {m.distance_normal * 1e3:.3f} mm along its normal{sigma}, "
         f"{m.distance_axial * 1e3:.3f} mm along the optical axis; "
         f"alert {'ON' if out['alert'] else 'off'} (threshold {args.alert_distance * 1e3:.2f} mm)"
     )
@@ -1319,6 +1377,7 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
         seg_weights=args.seg_weights or "default",
         device=args.device,
         edge_weights=_edge_weights(args),
+        uncertainty=_uncertainty(args),
     )
     result = evaluate_distance(
         args.data,
@@ -1381,6 +1440,19 @@ def cmd_eval_distance(args: argparse.Namespace) -> int:
         f"  alert with a guard band (miss / false alarm): {curve}; no miss from "
         f"+{f(result['margin_for_no_miss_um'], '.0f')} um"
     )
+    cov = result["uncertainty"]
+    if cov.get("n"):
+        print(
+            f"  sigma ({meta['uncertainty']}): median {cov['sigma_median_um']:.0f} um; the truth "
+            f"within 1 / 2 / 3 sigma on {cov['within_1_sigma']:.1%} / "
+            f"{cov['within_2_sigma']:.1%} / {cov['within_3_sigma']:.1%} of {cov['n']} frames"
+        )
+        curve = ", ".join(
+            f"+{k} sigma (mean {r['mean_margin_um']:.0f} um): {f(r['miss'], '.3f')} / "
+            f"{f(r['false_alarm'], '.3f')}"
+            for k, r in result["alert_sigma_margins"].items()
+        )
+        print(f"  alert with each frame's sigma as guard band (miss / false alarm): {curve}")
     return 0
 
 
@@ -1752,6 +1824,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_edges)
+    p = train.add_parser("uncertainty", help=cmd_train_uncertainty.__doc__)
+    p.add_argument(
+        "--frames",
+        required=True,
+        nargs="+",
+        help="`eval distance --frames` files of simulated sets not used for anything else",
+    )
+    p.add_argument("--out", required=True, help="distance uncertainty file (JSON)")
+    p.add_argument(
+        "--quantile",
+        type=float,
+        default=0.95,
+        help="sigma is this quantile of a kind's absolute errors over the Gaussian's",
+    )
+    p.add_argument(
+        "--min-frames",
+        type=int,
+        default=20,
+        help="a kind with fewer frames takes its end's sigma, else all frames'",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train_uncertainty)
     ev = sub.add_parser("eval", help="evaluate against ground truth").add_subparsers(
         dest="net", required=True
     )
@@ -1798,6 +1892,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
     _add_edge_weights_arg(p)
+    _add_uncertainty_arg(p)
     _add_pipeline_args(p)
     p.add_argument(
         "--known-instrument",
@@ -1867,6 +1962,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seg-weights", help="segmentation weights (default: the shipped ones)")
     _add_edge_weights_arg(p)
+    _add_uncertainty_arg(p)
     _add_pipeline_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--mode", default="normal", choices=["normal", "axial"])

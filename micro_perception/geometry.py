@@ -41,6 +41,9 @@ from micro_perception.errors import InputError
 
 DISTANCE_MODES = ("normal", "axial")
 METHODS = ("silhouette", "tip", "depth")
+# How the working end was placed: a capsule (round end), from a light pipe's sleeve (glow), on
+# the silhouettes' rows (jaws or blades), or at the reach the robot told (reach).
+ENDS = ("round", "glow", "jaws", "reach")
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,8 @@ class Measurement:
     """One frame's result. Distances are inf when unknown; ``reason`` then says why."""
 
     reason: str = ""
-    method: str = ""
+    method: str = ""  # how the shaft's axis was placed (METHODS)
+    end: str = ""  # how the working end was (ENDS)
     tip_px: np.ndarray | None = None
     tip_xyz: np.ndarray | None = None  # the instrument's extreme point, m
     centre_xyz: np.ndarray | None = None  # centre of its rounded working end, m
@@ -340,6 +344,9 @@ class Measurement:
     axis: np.ndarray | None = None  # (3,) unit, from the tip along the shaft
     distance_normal: float = float("inf")
     distance_axial: float = float("inf")
+    # The distance's standard deviation, m, from a calibrated model (uncertainty.py); NaN when
+    # there is none, or no distance.
+    sigma: float = float("nan")
     retina: SphereFit | None = None
     instrument_mask: np.ndarray | None = None  # the mask component taken for the instrument
     notes: list[str] = field(default_factory=list)
@@ -347,6 +354,12 @@ class Measurement:
     @property
     def ok(self) -> bool:
         return not self.reason and np.isfinite(self.distance_normal)
+
+    @property
+    def kind(self) -> str:
+        """The axis's method and the end's, e.g. ``silhouette/jaws``: what the error of the
+        distance depends on most (``uncertainty.py``)."""
+        return f"{self.method}/{self.end}"
 
     def distance(self, mode: str = "normal") -> float:
         if mode not in DISTANCE_MODES:
@@ -1868,6 +1881,7 @@ def measure(
                 f"sleeve's, {(centre - glow) @ d3 * 1e3:+.2f} mm beyond the mask's"
             )
             centre, r_tip, glowing = glow, radius, True
+    out.end = "glow" if glowing else "jaws" if thin else "round"
     out.radius, out.axis = radius, d3
     out.tip_xyz = centre - r_tip * d3
     out.centre_xyz = centre
@@ -1914,6 +1928,7 @@ def measure(
         out.tip_px = project(pair, out.tip_xyz)
         hidden = out.tip_xyz + np.linspace(0.0, cfg.jaw_reach, 16)[:, None] * d3
         parts.append(_points_gaps(out.retina, hidden, 0.0, 0.0))
+        out.end = "reach"
         out.notes.append(
             f"jaws not seen past the shaft's end: placed {cfg.jaw_reach * 1e3:.2f} mm beyond it"
         )

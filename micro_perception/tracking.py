@@ -5,6 +5,11 @@
   after ``max_outliers`` in a row the instrument really moved and the filter restarts from the
   measurement. With no measurement for ``stale_after`` seconds the distance is unknown again,
   and the next measurement restarts the filter (also where frames come slower than that).
+  Each measurement may carry its calibrated standard deviation (``uncertainty.py``);
+  ``sigma`` is that of the measurement the estimate rests on. It is not the filter's
+  measurement noise: most of a frame's error is its pose's (how the jaws lie, which rows the
+  shaft crosses) and lasts while the pose does, so averaging frames does not shrink it; the
+  frame-to-frame noise the filter averages is ``measurement_noise``.
 * :class:`ProximityAlert`: on when the distance drops below ``threshold``, off only once it is
   above ``threshold + hysteresis``; off while the distance is unknown (the node reports why).
 """
@@ -43,22 +48,26 @@ class DistanceFilter:
         self.p = [[0.0, 0.0], [0.0, 0.0]]
         self.outliers = 0
         self.last_measurement: float | None = None
+        self.sigma: float | None = None
 
     @property
     def known(self) -> bool:
         return self.t is not None
 
-    def _start(self, t: float, z: float) -> float:
+    def _start(self, t: float, z: float, sigma: float | None) -> float:
         r = self.cfg.measurement_noise**2
-        self.t, self.x, self.outliers = t, [z, 0.0], 0
+        self.t, self.x, self.outliers, self.sigma = t, [z, 0.0], 0, sigma
         self.p = [[r, 0.0], [0.0, (2e-3) ** 2]]  # rate unknown: a few mm/s
         self.last_measurement = t
         return z
 
-    def update(self, t: float, z: float | None) -> float | None:
+    def update(self, t: float, z: float | None, sigma: float | None = None) -> float | None:
         """The filtered distance at time ``t`` (s) given this frame's measurement (None or a
-        non-finite value: nothing measured); None while unknown."""
+        non-finite value: nothing measured) and its standard deviation ``sigma`` (m, None or
+        NaN: not known); None while unknown."""
         measured = z is not None and math.isfinite(z)
+        if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
+            sigma = None
         if measured:
             z = max(z, 0.0)  # inside the retina reads as contact
         # Time going backwards (a looping bag) and stale state both forget. Stale also where a
@@ -67,7 +76,7 @@ class DistanceFilter:
         if self.t is not None and (t < self.t or t - self.last_measurement > self.cfg.stale_after):
             self.reset()
         if self.t is None:
-            return self._start(t, z) if measured else None
+            return self._start(t, z, sigma) if measured else None
         if not measured:
             return self._predict(t)
         self._predict(t)
@@ -77,7 +86,7 @@ class DistanceFilter:
         if innovation * innovation > self.cfg.gate_sigma**2 * s:
             self.outliers += 1
             if self.outliers >= self.cfg.max_outliers:
-                return self._start(t, z)
+                return self._start(t, z, sigma)
             return max(self.x[0], 0.0)
         self.outliers = 0
         k0, k1 = self.p[0][0] / s, self.p[1][0] / s
@@ -88,6 +97,7 @@ class DistanceFilter:
             [p10 - k1 * p00, p11 - k1 * p01],
         ]
         self.last_measurement = t
+        self.sigma = sigma
         return max(self.x[0], 0.0)
 
     def _predict(self, t: float) -> float:
@@ -110,18 +120,25 @@ class DistanceFilter:
 
 
 class ProximityAlert:
-    def __init__(self, threshold: float = 0.5e-3, hysteresis: float = 0.1e-3):
-        if not threshold > 0 or hysteresis < 0:
+    """``sigmas``: the distance is taken ``sigmas`` of its standard deviation nearer than it
+    reads, where one is known (a guard band as wide as the frame's own uncertainty)."""
+
+    def __init__(self, threshold: float = 0.5e-3, hysteresis: float = 0.1e-3, sigmas: float = 0.0):
+        if not threshold > 0 or hysteresis < 0 or not sigmas >= 0:
             raise InputError(
-                f"alert threshold must be > 0 and hysteresis >= 0, got {threshold}, {hysteresis}"
+                "alert threshold must be > 0, hysteresis and sigmas >= 0, got "
+                f"{threshold}, {hysteresis}, {sigmas}"
             )
-        self.threshold, self.hysteresis = threshold, hysteresis
+        self.threshold, self.hysteresis, self.sigmas = threshold, hysteresis, sigmas
         self.on = False
 
-    def update(self, distance: float | None) -> bool:
+    def update(self, distance: float | None, sigma: float | None = None) -> bool:
         if distance is None or not math.isfinite(distance):
             self.on = False
-        elif distance < self.threshold:
+            return self.on
+        if sigma is not None and math.isfinite(sigma):
+            distance -= self.sigmas * sigma
+        if distance < self.threshold:
             self.on = True
         elif distance > self.threshold + self.hysteresis:
             self.on = False

@@ -110,6 +110,22 @@ def test_every_output_has_its_type_frame_and_stamp(run):
     assert values["seg_px_per_mm"] == "64"  # the shipped network's scale, by default
     assert values["stereo_backend"] == "opencv"  # auto on the CPU
     assert values["edge_refiner"].endswith("edge_refiner.pt")  # the shipped one, by default
+    # Range.variance: the shipped calibration's sigma of how each distance was measured; 0
+    # (unknown, as the message defines it) with no distance.
+    from micro_perception.resources import shipped_model
+    from micro_perception.uncertainty import DistanceUncertainty
+
+    assert values["distance_uncertainty"] == str(shipped_model("distance_uncertainty.json"))
+    model = DistanceUncertainty.load(shipped_model("distance_uncertainty.json"))
+    sigmas = {*model.sigma_m.values(), *model.by_end_m.values(), model.fallback_m}
+    assert any(np.isfinite(m.range) and m.variance > 0 for m in got["range"])
+    for m in got["range"]:
+        if not np.isfinite(m.range) or m.variance == 0.0:  # 0: none known (a depth-map axis)
+            assert m.variance == 0.0
+        else:
+            assert min(abs(np.sqrt(m.variance) / s - 1) for s in sigmas) < 1e-5, m.variance
+    texts = [k.text for a in got["markers"] for k in a.markers if k.text]
+    assert any(" ± " in t and t.endswith(" mm") for t in texts), texts  # its 95 % band
 
 
 def test_distance_follows_the_ground_truth_and_the_alert_switches(run):

@@ -156,6 +156,13 @@ def test_measure_command_prints_the_documented_keys(files, cli_json, run_cli):
         assert out["distance_normal_m"] == pytest.approx(0.4e-3, abs=100e-6)
         assert len(out["tip_pixel"]) == 2 and len(out["tip_xyz_m"]) == 3
         assert out["alert"] is True and out["method"] in ("silhouette", "tip")
+        # The shipped calibration's sigma for how this frame was measured.
+        from micro_perception.resources import shipped_model
+        from micro_perception.uncertainty import DistanceUncertainty
+
+        model = DistanceUncertainty.load(shipped_model("distance_uncertainty.json"))
+        assert out["kind"].startswith(out["method"] + "/")
+        assert out["distance_sigma_m"] == pytest.approx(model.sigma(out["kind"]))
         # The GPU stereo teacher's code, run on the CPU, measures the same pair as well.
         torch_stereo = cli_json(*args, "--stereo-backend", "torch")
         assert torch_stereo["distance_normal_m"] == pytest.approx(0.4e-3, abs=100e-6)
@@ -197,7 +204,25 @@ def test_eval_distance_json_on_a_small_set(tmp_path, simulate, cli_json):
     assert sum(r["n"] for r in result["by_instrument"].values()) == n_ranges
     assert result["_meta"]["frames"] == 3 and result["_meta"]["masks"] == "oracle"
     assert result["_meta"]["instrument_known"] is True
-    assert len(rows) == 3 and {"true_m", "measured_m", "method"} <= set(rows[0])
+    assert len(rows) == 3 and {"true_m", "measured_m", "method", "kind"} <= set(rows[0])
+    # The shipped sigma was calibrated on the network's masks: an oracle's frames get none.
+    assert all(r["sigma_m"] is None for r in rows) and result["uncertainty"] == {"n": 0}
+    assert result["_meta"]["uncertainty"] is None
+
+
+def eval_row(true_mm, measured_mm, **extra) -> dict:
+    """One frame's row as `eval distance` writes it."""
+    row = {
+        "frame": "f",
+        "instrument": "needle",
+        "true_m": true_mm * 1e-3,
+        "measured_m": measured_mm * 1e-3,
+        "method": "silhouette",
+        "reason": "",
+        "tip_error_um": None,
+        "ms": 1.0,
+    }
+    return row | extra
 
 
 def test_the_alert_guard_band_trades_misses_for_false_alarms():
@@ -205,18 +230,7 @@ def test_the_alert_guard_band_trades_misses_for_false_alarms():
 
     from micro_perception.training.distance_eval import summarise
 
-    def row(true_mm, measured_mm):
-        return {
-            "frame": "f",
-            "instrument": "needle",
-            "true_m": true_mm * 1e-3,
-            "measured_m": measured_mm * 1e-3,
-            "method": "silhouette",
-            "reason": "",
-            "tip_error_um": None,
-            "ms": 1.0,
-        }
-
+    row = eval_row
     rows = [row(0.45, 0.52), row(0.30, 0.30), row(0.60, 0.56), row(np.inf, np.inf)]
     out = summarise(rows, 0.5e-3, "aif", False, "normal", SimpleNamespace(mask_source="x"), "d")
     m = out["alert_margins"]
@@ -229,6 +243,28 @@ def test_the_alert_guard_band_trades_misses_for_false_alarms():
     assert out["miss_ci95"][0] < 0.5 < out["miss_ci95"][1] and out["false_alarm_ci95"][0] == 0.0
     lo, hi = out["mae_ci95_um"]
     assert lo <= out["mae_um"] <= hi and out["p95_ci95_um"] is not None
+    assert out["alert_sigma_margins"] == {}  # no frame has a sigma
     rows.append(row(0.2, np.inf))  # a close frame without a distance: no margin catches it
     out = summarise(rows, 0.5e-3, "aif", False, "normal", SimpleNamespace(mask_source="x"), "d")
     assert out["margin_for_no_miss_um"] == np.inf and out["alert_margins"]["200"]["miss"] > 0
+
+
+def test_each_frames_sigma_as_the_alerts_guard_band():
+    from types import SimpleNamespace
+
+    from micro_perception.training.distance_eval import summarise
+
+    def row(true_mm, measured_mm, sigma_um):
+        return eval_row(true_mm, measured_mm, kind="silhouette/jaws", sigma_m=sigma_um * 1e-6)
+
+    # Missed at 0 sigma; caught at 1 sigma (0.54 - 0.06 < 0.5); the sure one stays right.
+    rows = [row(0.45, 0.54, 60.0), row(0.60, 0.597, 5.0), row(0.70, 0.61, 60.0)]
+    out = summarise(rows, 0.5e-3, "aif", False, "normal", SimpleNamespace(mask_source="x"), "d")
+    m = out["alert_sigma_margins"]
+    assert (m["0.5"]["miss"], m["0.5"]["false_alarm"]) == (1.0, 0.0)
+    assert (m["1"]["miss"], m["1"]["false_alarm"]) == (0.0, 0.0)
+    assert (m["2"]["miss"], m["2"]["false_alarm"]) == (0.0, 0.5)  # 0.61 - 0.12 < 0.5
+    assert m["1"]["mean_margin_um"] == pytest.approx(125.0 / 3)
+    cov = out["uncertainty"]
+    assert cov["n"] == 3 and cov["within_1_sigma"] == pytest.approx(1 / 3)
+    assert cov["within_2_sigma"] == 1.0  # 1.5, 0.6 and 1.5 sigmas off

@@ -86,9 +86,9 @@ class PipelineConfig:
             raise InputError(f"boundary_band_px must be >= 0, got {self.boundary_band_px}")
 
 
-def edge_weights_setting(value: str | None) -> str | None:
-    """``DepthPipeline``'s ``edge_weights`` from a user's setting (the node's parameter, a
-    command's option): unset or empty is the default, "none" no refiner, else a file."""
+def model_file_setting(value: str | None) -> str | None:
+    """``DepthPipeline``'s ``edge_weights`` or ``uncertainty`` from a user's setting (the node's
+    parameter, a command's option): unset or empty is the default, "none" none, else a file."""
     if not value:
         return "default"
     return None if value.lower() == "none" else value
@@ -145,7 +145,10 @@ class DepthPipeline:
     by the ``net`` estimator and otherwise only a source of masks when there is no segmentation
     network; ``edge_weights``: the edge refiner that corrects the segmentation network's edges
     (default: the shipped models/edge_refiner.pt, with the shipped segmentation network only:
-    it learned that network's errors; None: the edges as the network placed them)."""
+    it learned that network's errors; None: the edges as the network placed them);
+    ``uncertainty``: the distance's calibrated standard deviation by how it was measured
+    (default: the shipped models/distance_uncertainty.json, with the shipped segmentation
+    network and edge refiner only: it was calibrated with them; None: no sigma)."""
 
     def __init__(
         self,
@@ -156,6 +159,7 @@ class DepthPipeline:
         runtime: RuntimeConfig | None = None,
         warn=None,
         edge_weights: str | Path | None = "default",
+        uncertainty: str | Path | None = "default",
     ):
         """``runtime`` (backend, precision, device, ...) overrides ``device`` when given."""
         from micro_perception.resources import shipped_model
@@ -195,6 +199,16 @@ class DepthPipeline:
             from micro_perception.depth.edge_refine import load_edge_refiner
 
             self.edges = load_edge_refiner(edge_weights)
+        if uncertainty == "default":
+            shipped_edges = self.edge_weights == shipped_model("edge_refiner.pt")
+            with_shipped = shipped_seg and self.seg is not None and shipped_edges
+            uncertainty = shipped_model("distance_uncertainty.json") if with_shipped else None
+        self.uncertainty_file = Path(uncertainty) if uncertainty is not None else None
+        self.uncertainty = None
+        if uncertainty is not None:
+            from micro_perception.uncertainty import DistanceUncertainty
+
+            self.uncertainty = DistanceUncertainty.load(uncertainty)
 
     @property
     def mask_source(self) -> str:
@@ -337,6 +351,9 @@ class DepthPipeline:
             shifts,
         )
         ms["geometry"] = (time.perf_counter() - t0) * 1e3
+        # Calibrated on the network's masks: given masks (an oracle's) err otherwise.
+        if self.uncertainty is not None and masks is None and m.ok:
+            m.sigma = self.uncertainty.sigma(m.kind)
         # What the geometry took for the instrument is the instrument: other mask pixels (the
         # optic disc, a highlight) are retina.
         mask = m.instrument_mask if m.instrument_mask is not None else np.zeros_like(mask)

@@ -12,7 +12,8 @@ Publishes, with the left image's stamp and frame:
   subscribed);
 * ``instrument/mask`` (mono8, 255 = instrument), ``instrument/tip`` (PointStamped, when known);
 * ``instrument/retina_distance`` (sensor_msgs/Range, m, filtered; +inf when unknown, the REP 117
-  convention for "nothing detected");
+  convention for "nothing detected"; ``variance`` the calibrated variance of the measurement the
+  distance rests on, 0 where none is known, as the message defines; Humble's Range has none);
 * ``instrument/proximity_alert`` (std_msgs/Bool, reliable; on every change and at 1 Hz);
 * ``instrument/markers`` (MarkerArray: tip, tip-to-retina line, distance text; only while
   subscribed);
@@ -38,7 +39,7 @@ from micro_perception.depth.pipeline import (
     STAGES,
     DepthPipeline,
     PipelineConfig,
-    edge_weights_setting,
+    model_file_setting,
 )
 from micro_perception.depth.stereo import STEREO_BACKENDS, StereoConfig
 from micro_perception.errors import InputError
@@ -75,6 +76,9 @@ from micro_perception.ros.worker import LatestWorker
 from micro_perception.sim.sequence import LEFT_FRAME
 from micro_perception.tracking import DistanceFilter, FilterConfig, ProximityAlert
 
+# Jazzy and later; Humble's sensor_msgs/Range has no variance.
+_RANGE_HAS_VARIANCE = "variance" in Range.get_fields_and_field_types()
+
 PARAMS = [
     ParamSpec(
         "estimator",
@@ -100,6 +104,14 @@ PARAMS = [
         "",
         "edge refiner weights ('' = the installed models/edge_refiner.pt with the installed "
         "segmentation weights; none = off)",
+        read_only=True,
+    ),
+    ParamSpec(
+        "distance_uncertainty",
+        "",
+        "calibrated sigma of the distance by how it was measured, for Range.variance ('' = the "
+        "installed models/distance_uncertainty.json with the installed segmentation weights and "
+        "edge refiner; none = off, variance 0: unknown)",
         read_only=True,
     ),
     *runtime_params("the networks"),
@@ -132,6 +144,14 @@ PARAMS = [
     ParamSpec("alert_distance", 0.5e-3, "proximity alert on below this gap, m", 1e-5, 0.02),
     ParamSpec(
         "alert_hysteresis", 0.1e-3, "alert off above alert_distance plus this, m", 0.0, 0.01
+    ),
+    ParamSpec(
+        "alert_sigmas",
+        0.0,
+        "alert as if the gap were this many of its calibrated sigmas nearer (0: the gap as "
+        "read); fewer misses for more false alarms, a band as wide as each frame's uncertainty",
+        0.0,
+        5.0,
     ),
     ParamSpec(
         "alert_period", 1.0, "alert republished at least this often, s", 0.05, 60.0, read_only=True
@@ -230,7 +250,8 @@ class DepthNode(Node):
             seg_weights=p["seg_weights"] or "default",
             runtime=runtime_config(p),
             warn=self.get_logger().warning,
-            edge_weights=edge_weights_setting(p["edge_weights"]),
+            edge_weights=model_file_setting(p["edge_weights"]),
+            uncertainty=model_file_setting(p["distance_uncertainty"]),
         )
         if p["input_width"] and p["input_height"]:
             t0 = time.monotonic()
@@ -248,6 +269,7 @@ class DepthNode(Node):
                 "seg_flips": str(p["seg_flips"]),
                 "seg_px_per_mm": f"{self.pipeline.seg_px_per_mm:g}",
                 "edge_refiner": str(self.pipeline.edge_weights or "off"),
+                "distance_uncertainty": str(self.pipeline.uncertainty_file or "off"),
                 "stereo_backend": self.pipeline.stereo_backend,
             }
         )
@@ -260,7 +282,7 @@ class DepthNode(Node):
                 "set seg_weights)"
             )
         self.filter = DistanceFilter(self._filter_config())
-        self.alert = ProximityAlert(p["alert_distance"], p["alert_hysteresis"])
+        self.alert = ProximityAlert(p["alert_distance"], p["alert_hysteresis"], p["alert_sigmas"])
         p.on_change(self._on_params)
         self.last_stamp_ns: int | None = None
         qos = image_qos(p["reliability"], p["qos_depth"])
@@ -326,9 +348,10 @@ class DepthNode(Node):
 
     def _on_params(self, names: set[str]) -> None:
         with self._lock:
-            if names & {"alert_distance", "alert_hysteresis"}:
+            if names & {"alert_distance", "alert_hysteresis", "alert_sigmas"}:
                 self.alert.threshold = self.params["alert_distance"]
                 self.alert.hysteresis = self.params["alert_hysteresis"]
+                self.alert.sigmas = self.params["alert_sigmas"]
             if names & {"filter_noise", "filter_acceleration", "filter_gate", "stale_after"}:
                 self.filter = DistanceFilter(self._filter_config())
             if "distance_mode" in names:
@@ -418,25 +441,28 @@ class DepthNode(Node):
             self.pub_points.publish(self._cloud(image, result.depth, pair, header))
         m = result.measurement
         raw = m.distance(p["distance_mode"]) if m.ok else None
-        distance = self.filter.update(t, raw)
+        distance = self.filter.update(t, raw, m.sigma if m.ok else None)
         if m.ok and m.tip_xyz is not None:
             x, y, z = (float(v) for v in m.tip_xyz)
             self.pub_tip.publish(PointStamped(header=header, point=Point(x=x, y=y, z=z)))
-        self.pub_range.publish(
-            Range(
-                header=header,
-                radiation_type=Range.INFRARED,
-                field_of_view=0.0,
-                min_range=0.0,
-                max_range=p["range_max"],
-                range=float(distance) if distance is not None else float("inf"),
-            )
+        reading = Range(
+            header=header,
+            radiation_type=Range.INFRARED,
+            field_of_view=0.0,
+            min_range=0.0,
+            max_range=p["range_max"],
+            range=float(distance) if distance is not None else float("inf"),
         )
+        sigma = self.filter.sigma if distance is not None else None
+        if sigma is not None and _RANGE_HAS_VARIANCE:
+            reading.variance = float(sigma * sigma)
+        self.pub_range.publish(reading)
         self._update_alert(distance)
         if self.pub_markers.get_subscription_count() > 0:
             self.pub_markers.publish(self._markers(header, m, distance))
         v = self.health.values
         v["distance_mm"] = f"{distance * 1e3:.3f}" if distance is not None else "unknown"
+        v["distance_sigma_um"] = f"{sigma * 1e6:.1f}" if sigma is not None else "-"
         v["distance_unknown_because"] = m.reason or ("-" if m.ok else "filter")
         v["method"] = m.method or "-"
         v["fit_residual_um"] = f"{m.retina.residual * 1e6:.1f}" if m.retina else "-"
@@ -452,7 +478,7 @@ class DepthNode(Node):
     def _update_alert(self, distance: float | None) -> None:
         """The alert for this distance (None: unknown), published when it changes."""
         was = self.alert.on
-        if was != self.alert.update(distance):
+        if was != self.alert.update(distance, self.filter.sigma):
             self._publish_alert()
 
     def _publish_alert(self) -> None:
@@ -496,6 +522,9 @@ class DepthNode(Node):
         text.pose.orientation.w = 1.0
         text.scale.z = 0.4e-3
         text.text = f"{distance * 1e3:.2f} mm" if distance is not None else "?"
+        sigma = self.filter.sigma if distance is not None else None
+        if sigma is not None:  # the calibrated 95 % band (two sigmas)
+            text.text = f"{distance * 1e3:.2f} ± {2 * sigma * 1e3:.2f} mm"
         text.color = colour
         out.markers = [tip, line, text]
         return out

@@ -13,6 +13,10 @@ optical axis with ``mode="axial"``) against the scene's exact gap from the instr
   ``alert_distance`` (a guard band for the measurement's error: set ``alert_distance`` to the
   safety distance plus the margin), and ``margin_for_no_miss_um``, the least margin that misses
   no frame here (inf when a close frame has no distance at all);
+* ``alert_sigma_margins``: the same with each frame's own guard band, ``k`` times its
+  calibrated sigma (a pipeline with an uncertainty model), and the bands' mean;
+* ``uncertainty``: how often the truth lies within 1, 2 and 3 sigmas of the distance, overall
+  and by how the frame was measured (``kind``);
 * ``by_instrument``: MAE, p95 and tip detection of each instrument kind;
 * ``*_ci95*``: 95 % intervals (``training.stats``): a bootstrap over frames for the MAE and
   p95, exact binomial for the alert's rates, whose counts are in ``alert_counts``. A few hundred
@@ -41,9 +45,11 @@ from micro_perception.geometry import METHODS
 from micro_perception.sim.dataset import dataset_stereo_pair, find_stacks, jaw_reach
 from micro_perception.training.depth_eval import eval_frame
 from micro_perception.training.stats import binomial_ci, bootstrap_ci, p95, paired_bootstrap_ci
+from micro_perception.uncertainty import coverage
 
 RANGES = (("<0.5mm", 0.0, 0.5e-3), ("0.5-1.5mm", 0.5e-3, 1.5e-3), (">1.5mm", 1.5e-3, np.inf))
 MARGINS_UM = (0, 25, 50, 75, 100, 150, 200)
+SIGMA_MARGINS = (0.5, 1.0, 2.0)
 GAP_RANGE = (0.05e-3, 3.0e-3)
 
 
@@ -133,6 +139,14 @@ def _measure_frames(records, pipeline, fuser, pair, oracle_masks, mode, progress
                 "true_m": true,
                 "measured_m": m.distance(mode) if m.ok else float("inf"),
                 "method": m.method,
+                "kind": m.kind if m.ok else "",
+                "sigma_m": float(m.sigma) if np.isfinite(m.sigma) else None,
+                # The shaft's angle to the optical axis, and the retina fit's residual: what
+                # else a frame's error may depend on.
+                "tilt_deg": float(np.degrees(np.arccos(min(abs(m.axis[2]), 1.0))))
+                if m.ok and m.axis is not None
+                else None,
+                "residual_um": float(m.retina.residual * 1e6) if m.retina else None,
                 "reason": m.reason,
                 "tip_error_um": tip_err,
                 "ms": ms,
@@ -162,6 +176,19 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
             "miss": (c["missed"] / c["close"]) if c["close"] else None,
             "false_alarm": (c["false_alarms"] / c["not_close"]) if c["not_close"] else None,
         }
+    sigma_margins = {}  # the alert on below alert_distance plus k of each frame's sigmas
+    if any(r.get("sigma_m") is not None for r in rows):
+        for k in SIGMA_MARGINS:
+            shifted = [
+                r | {"measured_m": r["measured_m"] - k * (r.get("sigma_m") or 0.0)} for r in rows
+            ]
+            c = _alert_counts(shifted, alert_distance)
+            sigmas = [k * r["sigma_m"] * 1e6 for r in rows if r.get("sigma_m") is not None]
+            sigma_margins[f"{k:g}"] = {
+                "miss": (c["missed"] / c["close"]) if c["close"] else None,
+                "false_alarm": (c["false_alarms"] / c["not_close"]) if c["not_close"] else None,
+                "mean_margin_um": float(np.mean(sigmas)),
+            }
     counts = _alert_counts(rows, alert_distance)
     worst = max((r["measured_m"] for r in rows if r["true_m"] < alert_distance), default=None)
     tips = [r["tip_error_um"] for r in measured if r["tip_error_um"] is not None]
@@ -180,6 +207,9 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
         **_alert_intervals(counts),
         "alert_counts": counts,
         "alert_margins": margins,
+        "alert_sigma_margins": sigma_margins,
+        # How often the truth lies within 1, 2 and 3 of the frames' sigmas (uncertainty.py).
+        "uncertainty": coverage(rows),
         "margin_for_no_miss_um": (
             None if worst is None else max(0.0, (worst - alert_distance) * 1e6)
         ),
@@ -196,6 +226,9 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
             if oracle_masks or getattr(pipeline, "edge_weights", None) is None
             else str(pipeline.edge_weights),
             "seg_px_per_mm": None if oracle_masks else getattr(pipeline, "seg_px_per_mm", None),
+            "uncertainty": None
+            if oracle_masks or getattr(pipeline, "uncertainty_file", None) is None
+            else str(pipeline.uncertainty_file),
             "mode": mode,
             "alert_distance_m": alert_distance,
             "data": data,
