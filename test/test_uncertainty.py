@@ -149,3 +149,21 @@ def test_the_alert_can_take_the_gap_its_sigmas_nearer():
     assert not banded.update(None, 60e-6)
     with pytest.raises(InputError, match="sigmas"):
         ProximityAlert(0.5e-3, 0.1e-3, sigmas=-1.0)
+
+
+def test_train_uncertainty_reproduces_the_shipped_file(tmp_path, cli_json, run_cli):
+    """The command on the calibration runs the card names writes the shipped table."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "eval"
+    frames = [str(docs / f"cpu_uncertainty_calib{seed}_frames.json") for seed in (37, 41)]
+    out = tmp_path / "u.json"
+    report = cli_json("train", "uncertainty", "--frames", *frames, "--out", str(out))
+    shipped = DistanceUncertainty.load(shipped_model("distance_uncertainty.json"))
+    mine = DistanceUncertainty.load(out)
+    assert report["calibration"]["frames"] == 657
+    assert mine.sigma_m == pytest.approx(shipped.sigma_m) and mine.by_end_m == shipped.by_end_m
+    text = run_cli("train", "uncertainty", "--frames", frames[0], "--out", str(out)).stdout
+    assert "silhouette/round" in text and "not known" in text  # its one depth-map frame
+    bad = run_cli("train", "uncertainty", "--frames", str(out), "--out", str(out), check=False)
+    assert bad.returncode != 0 and "eval distance --frames" in bad.stderr
