@@ -1010,6 +1010,10 @@ def cmd_train_uncertainty(args: argparse.Namespace) -> int:
         else:
             print(f"  {kind:<18} n={n:<4} sigma not known (its method is not calibrated)")
     print(f"  any other kind     sigma {model.fallback_m * 1e6:6.1f} um")
+    print(
+        f"  times {model.steep_factor:.2f} on shafts within {model.steep_deg:g} degrees of the "
+        f"optical axis, {model.flat_factor:.2f} on the others"
+    )
     return 0
 
 
@@ -1332,6 +1336,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         "reason": m.reason or None,
         "method": m.method or None,
         "kind": m.kind if m.ok else None,
+        "tilt_deg": m.tilt_deg if m.ok and m.axis is not None else None,
         "notes": m.notes,
         "retina_fit_residual_m": float(m.retina.residual) if m.retina else None,
         "retina_radius_m": float(m.retina.radius) if m.retina else None,

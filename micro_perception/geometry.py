@@ -356,6 +356,14 @@ class Measurement:
         return not self.reason and np.isfinite(self.distance_normal)
 
     @property
+    def tilt_deg(self) -> float:
+        """The shaft's angle to the optical axis, degrees (NaN without an axis): a steep shaft
+        hides its working end under itself."""
+        if self.axis is None:
+            return float("nan")
+        return float(np.degrees(np.arccos(min(abs(float(self.axis[2])), 1.0))))
+
+    @property
     def kind(self) -> str:
         """The axis's method and the end's, e.g. ``silhouette/jaws``: what the error of the
         distance depends on most (``uncertainty.py``)."""

@@ -14,6 +14,10 @@ kind's sigma is set from a quantile of its absolute errors, not from their RMS: 
 truth on 95 % of the calibration frames of that kind; within 1 sigma on more than a Gaussian's
 68 %. :func:`coverage` measures both on other frames.
 
+Within a kind, a shaft steeper than ``steep_deg`` from the optical axis errs more (its working
+end hides under it): sigma is scaled by ``steep_factor`` there and ``flat_factor`` elsewhere,
+each the ratio of its frames' 95th percentile of error-over-sigma to all frames'.
+
 A kind with fewer than ``min_frames`` calibration frames takes the sigma of all frames of its
 end (``round/glow/jaws/reach``), else of all frames, where its method (how the shaft's axis was
 placed) has a calibrated kind; else its sigma is not known. The file is JSON (nothing executable is
@@ -33,6 +37,7 @@ from micro_perception.errors import InputError
 
 FORMAT = "micro_perception.distance_uncertainty/1"
 GAP_RANGE = (0.05e-3, 3.0e-3)  # m: the frames a calibration counts (as eval distance does)
+STEEP_DEG = 30.0  # shafts within this of the optical axis: their own scale
 
 
 def normal_quantile(q: float) -> float:
@@ -51,8 +56,9 @@ def _end(kind: str) -> str:
     return kind.rpartition("/")[2]
 
 
-def _errors(rows: list[dict]) -> list[tuple[str, float]]:
-    """(kind, |error| m) of the rows in the calibrated range that have a distance and a kind."""
+def _errors(rows: list[dict]) -> list[tuple[str, float, float]]:
+    """(kind, |error| m, tilt degrees or NaN) of the rows in the calibrated range that have a
+    distance and a kind."""
     lo, hi = GAP_RANGE
     out = []
     for r in rows:
@@ -60,7 +66,8 @@ def _errors(rows: list[dict]) -> list[tuple[str, float]]:
         if true is None or got is None or not kind or not lo <= true <= hi:
             continue
         if math.isfinite(got):
-            out.append((kind, abs(got - true)))
+            tilt = r.get("tilt_deg")
+            out.append((kind, abs(got - true), float("nan") if tilt is None else float(tilt)))
     return out
 
 
@@ -71,11 +78,21 @@ class DistanceUncertainty:
     fallback_m: float
     quantile: float = 0.95
     calibration: dict = field(default_factory=dict)  # what it was fitted on
+    steep_deg: float = STEEP_DEG
+    steep_factor: float = 1.0
+    flat_factor: float = 1.0
 
-    def sigma(self, kind: str) -> float:
-        """The standard deviation (m) of a distance measured as ``kind``; NaN (not known) for
-        no kind (no distance), and for a method the calibration did not see often enough: the
-        depth map's axis, rare and off by millimetres when it comes, is not vouched for."""
+    def sigma(self, kind: str, tilt_deg: float | None = None) -> float:
+        """The standard deviation (m) of a distance measured as ``kind`` on a shaft
+        ``tilt_deg`` from the optical axis (None or NaN: unscaled); NaN (not known) for no kind
+        (no distance), and for a method the calibration did not see often enough: the depth
+        map's axis, rare and off by millimetres when it comes, is not vouched for."""
+        base = self._base(kind)
+        if tilt_deg is None or not math.isfinite(tilt_deg):
+            return base
+        return base * (self.steep_factor if tilt_deg < self.steep_deg else self.flat_factor)
+
+    def _base(self, kind: str) -> float:
         if not kind:
             return float("nan")
         if kind in self.sigma_m:
@@ -112,7 +129,7 @@ class DistanceUncertainty:
 
         groups: dict[str, list[float]] = {}
         ends: dict[str, list[float]] = {}
-        for kind, e in errs:
+        for kind, e, _ in errs:
             groups.setdefault(kind, []).append(e)
             ends.setdefault(_end(kind), []).append(e)
         info = dict(calibration or {})
@@ -123,13 +140,23 @@ class DistanceUncertainty:
                 "min_frames": min_frames,
             }
         )
-        return cls(
+        model = cls(
             sigma_m={k: sigma(v) for k, v in sorted(groups.items()) if len(v) >= min_frames},
             by_end_m={k: sigma(v) for k, v in sorted(ends.items()) if len(v) >= min_frames},
-            fallback_m=sigma([e for _, e in errs]),
+            fallback_m=sigma([e for _, e, _ in errs]),
             quantile=quantile,
             calibration=info,
         )
+        # The steep and the other shafts' errors over their kind's sigma, against all frames'.
+        scaled = [(e / model._base(k), t) for k, e, t in errs if math.isfinite(model._base(k))]
+        steep = [z for z, t in scaled if t < model.steep_deg]
+        flat = [z for z, t in scaled if t >= model.steep_deg]
+        if len(steep) >= min_frames and len(flat) >= min_frames:
+            every = float(np.quantile([z for z, t in scaled if math.isfinite(t)], quantile))
+            model.steep_factor = float(np.quantile(steep, quantile)) / every
+            model.flat_factor = float(np.quantile(flat, quantile)) / every
+        info["steep_frames"], info["flat_frames"] = len(steep), len(flat)
+        return model
 
     def to_json(self) -> dict:
         return {
@@ -138,6 +165,11 @@ class DistanceUncertainty:
             "sigma_m": self.sigma_m,
             "by_end_m": self.by_end_m,
             "fallback_m": self.fallback_m,
+            "steep": {
+                "below_deg": self.steep_deg,
+                "factor": self.steep_factor,
+                "others_factor": self.flat_factor,
+            },
             "calibration": self.calibration,
         }
 
@@ -164,12 +196,20 @@ class DistanceUncertainty:
 
         if not _positive(data.get("fallback_m")) or not _positive(data.get("quantile")):
             raise InputError(f"{path}: fallback_m and quantile must be numbers > 0 {fix}")
+        steep = data.get("steep", {"below_deg": STEEP_DEG, "factor": 1.0, "others_factor": 1.0})
+        if not isinstance(steep, dict) or not all(
+            _positive(steep.get(k)) for k in ("below_deg", "factor", "others_factor")
+        ):
+            raise InputError(f"{path}: steep must hold below_deg, factor, others_factor > 0 {fix}")
         return cls(
             table("sigma_m"),
             table("by_end_m"),
             float(data["fallback_m"]),
             float(data["quantile"]),
             dict(data.get("calibration") or {}),
+            float(steep["below_deg"]),
+            float(steep["factor"]),
+            float(steep["others_factor"]),
         )
 
 

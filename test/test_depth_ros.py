@@ -117,7 +117,8 @@ def test_every_output_has_its_type_frame_and_stamp(run):
 
     assert values["distance_uncertainty"] == str(shipped_model("distance_uncertainty.json"))
     model = DistanceUncertainty.load(shipped_model("distance_uncertainty.json"))
-    sigmas = {*model.sigma_m.values(), *model.by_end_m.values(), model.fallback_m}
+    bases = {*model.sigma_m.values(), *model.by_end_m.values(), model.fallback_m}
+    sigmas = {b * f for b in bases for f in (1.0, model.steep_factor, model.flat_factor)}
     assert any(np.isfinite(m.range) and m.variance > 0 for m in got["range"])
     for m in got["range"]:
         if not np.isfinite(m.range) or m.variance == 0.0:  # 0: none known (a depth-map axis)

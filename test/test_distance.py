@@ -162,7 +162,8 @@ def test_measure_command_prints_the_documented_keys(files, cli_json, run_cli):
 
         model = DistanceUncertainty.load(shipped_model("distance_uncertainty.json"))
         assert out["kind"].startswith(out["method"] + "/")
-        assert out["distance_sigma_m"] == pytest.approx(model.sigma(out["kind"]))
+        sigma = model.sigma(out["kind"], out["tilt_deg"])
+        assert out["distance_sigma_m"] == pytest.approx(sigma)
         # The GPU stereo teacher's code, run on the CPU, measures the same pair as well.
         torch_stereo = cli_json(*args, "--stereo-backend", "torch")
         assert torch_stereo["distance_normal_m"] == pytest.approx(0.4e-3, abs=100e-6)

@@ -50,6 +50,22 @@ def test_a_kinds_sigma_is_recovered_and_rare_kinds_fall_back():
     assert model.calibration["counts"]["silhouette/jaws"] == 5
 
 
+def test_steep_shafts_get_their_own_scale():
+    flat = rows_of("silhouette/round", 20e-6, 4000, 5)
+    steep = rows_of("silhouette/round", 40e-6, 1000, 6)
+    for r in flat:
+        r["tilt_deg"] = 45.0
+    for r in steep:
+        r["tilt_deg"] = 20.0
+    model = DistanceUncertainty.fit(flat + steep)
+    assert model.sigma("silhouette/round", 20.0) == pytest.approx(40e-6, rel=0.08)
+    assert model.sigma("silhouette/round", 45.0) == pytest.approx(20e-6, rel=0.08)
+    assert model.sigma("silhouette/round", None) == model.sigma("silhouette/round")
+    # Without tilts (an older frames file), both scales stay 1.
+    bare = DistanceUncertainty.fit(rows_of("silhouette/round", 20e-6, 200, 7))
+    assert bare.steep_factor == bare.flat_factor == 1.0
+
+
 def test_fit_refuses_too_few_frames_and_bad_settings():
     with pytest.raises(InputError, match="need at least 20"):
         DistanceUncertainty.fit(rows_of("tip/round", 1e-5, 10, 0))
@@ -64,12 +80,14 @@ def test_the_file_round_trips_and_bad_files_name_themselves(tmp_path):
     back = DistanceUncertainty.load(path)
     assert back.sigma_m == model.sigma_m and back.fallback_m == model.fallback_m
     assert back.calibration["frames"] == 200
+    assert (back.steep_deg, back.steep_factor) == (model.steep_deg, model.steep_factor)
     bad = tmp_path / "bad.json"
     for text, match in (
         ("not json", "cannot read"),
         (json.dumps({"format": "other"}), "is not a distance uncertainty file"),
         (json.dumps(model.to_json() | {"sigma_m": {"tip/round": -1.0}}), "sigma_m must map"),
         (json.dumps(model.to_json() | {"fallback_m": "x"}), "fallback_m"),
+        (json.dumps(model.to_json() | {"steep": {"factor": 0}}), "steep must hold"),
     ):
         bad.write_text(text)
         with pytest.raises(InputError, match=match) as exc:
@@ -163,6 +181,8 @@ def test_train_uncertainty_reproduces_the_shipped_file(tmp_path, cli_json, run_c
     mine = DistanceUncertainty.load(out)
     assert report["calibration"]["frames"] == 657
     assert mine.sigma_m == pytest.approx(shipped.sigma_m) and mine.by_end_m == shipped.by_end_m
+    assert mine.steep_factor == pytest.approx(shipped.steep_factor)
+    assert mine.steep_factor > 1.0 > mine.flat_factor  # steep shafts err more
     text = run_cli("train", "uncertainty", "--frames", frames[0], "--out", str(out)).stdout
     assert "silhouette/round" in text and "not known" in text  # its one depth-map frame
     bad = run_cli("train", "uncertainty", "--frames", str(out), "--out", str(out), check=False)

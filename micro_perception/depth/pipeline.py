@@ -353,7 +353,7 @@ class DepthPipeline:
         ms["geometry"] = (time.perf_counter() - t0) * 1e3
         # Calibrated on the network's masks: given masks (an oracle's) err otherwise.
         if self.uncertainty is not None and masks is None and m.ok:
-            m.sigma = self.uncertainty.sigma(m.kind)
+            m.sigma = self.uncertainty.sigma(m.kind, m.tilt_deg)
         # What the geometry took for the instrument is the instrument: other mask pixels (the
         # optic disc, a highlight) are retina.
         mask = m.instrument_mask if m.instrument_mask is not None else np.zeros_like(mask)

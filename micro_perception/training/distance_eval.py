@@ -143,9 +143,7 @@ def _measure_frames(records, pipeline, fuser, pair, oracle_masks, mode, progress
                 "sigma_m": float(m.sigma) if np.isfinite(m.sigma) else None,
                 # The shaft's angle to the optical axis, and the retina fit's residual: what
                 # else a frame's error may depend on.
-                "tilt_deg": float(np.degrees(np.arccos(min(abs(m.axis[2]), 1.0))))
-                if m.ok and m.axis is not None
-                else None,
+                "tilt_deg": m.tilt_deg if m.ok and m.axis is not None else None,
                 "residual_um": float(m.retina.residual * 1e6) if m.retina else None,
                 "reason": m.reason,
                 "tip_error_um": tip_err,
