@@ -36,7 +36,7 @@ import numpy as np
 from micro_perception.errors import InputError
 
 FORMAT = "micro_perception.distance_uncertainty/1"
-GAP_RANGE = (0.05e-3, 3.0e-3)  # m: the frames a calibration counts (as eval distance does)
+GAP_RANGE = (0.05e-3, 3.0e-3)  # m: the tips a calibration and eval distance count
 STEEP_DEG = 30.0  # shafts within this of the optical axis: their own scale
 
 

@@ -459,7 +459,7 @@ class DepthNode(Node):
         self.pub_range.publish(reading)
         self._update_alert(distance)
         if self.pub_markers.get_subscription_count() > 0:
-            self.pub_markers.publish(self._markers(header, m, distance))
+            self.pub_markers.publish(self._markers(header, m, distance, sigma))
         v = self.health.values
         v["distance_mm"] = f"{distance * 1e3:.3f}" if distance is not None else "unknown"
         v["distance_sigma_um"] = f"{sigma * 1e6:.1f}" if sigma is not None else "-"
@@ -491,7 +491,7 @@ class DepthNode(Node):
         pts = back_project(pair, u, v, depth[::n, ::n]).astype(np.float32)
         return points_to_pointcloud2(pts, header, np.ascontiguousarray(image[::n, ::n]))
 
-    def _markers(self, header, m, distance) -> MarkerArray:
+    def _markers(self, header, m, distance, sigma) -> MarkerArray:
         colour = (
             ColorRGBA(r=0.9, g=0.15, b=0.15, a=1.0)
             if self.alert.on
@@ -522,7 +522,6 @@ class DepthNode(Node):
         text.pose.orientation.w = 1.0
         text.scale.z = 0.4e-3
         text.text = f"{distance * 1e3:.2f} mm" if distance is not None else "?"
-        sigma = self.filter.sigma if distance is not None else None
         if sigma is not None:  # the calibrated 95 % band (two sigmas)
             text.text = f"{distance * 1e3:.2f} ± {2 * sigma * 1e3:.2f} mm"
         text.color = colour

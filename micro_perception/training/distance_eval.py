@@ -45,12 +45,11 @@ from micro_perception.geometry import METHODS
 from micro_perception.sim.dataset import dataset_stereo_pair, find_stacks, jaw_reach
 from micro_perception.training.depth_eval import eval_frame
 from micro_perception.training.stats import binomial_ci, bootstrap_ci, p95, paired_bootstrap_ci
-from micro_perception.uncertainty import coverage
+from micro_perception.uncertainty import GAP_RANGE, coverage
 
 RANGES = (("<0.5mm", 0.0, 0.5e-3), ("0.5-1.5mm", 0.5e-3, 1.5e-3), (">1.5mm", 1.5e-3, np.inf))
 MARGINS_UM = (0, 25, 50, 75, 100, 150, 200)
 SIGMA_MARGINS = (0.5, 1.0, 2.0)
-GAP_RANGE = (0.05e-3, 3.0e-3)
 
 
 def _stats(err_um: list[float]) -> dict:
@@ -170,10 +169,7 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
     margins = {}  # "0": the alert as set
     for um in MARGINS_UM:
         c = _alert_counts(rows, alert_distance, alert_distance + um * 1e-6)
-        margins[str(um)] = {
-            "miss": (c["missed"] / c["close"]) if c["close"] else None,
-            "false_alarm": (c["false_alarms"] / c["not_close"]) if c["not_close"] else None,
-        }
+        margins[str(um)] = _rates(c)
     sigma_margins = {}  # the alert on below alert_distance plus k of each frame's sigmas
     if any(r.get("sigma_m") is not None for r in rows):
         for k in SIGMA_MARGINS:
@@ -182,11 +178,7 @@ def summarise(rows, alert_distance, input_kind, oracle_masks, mode, pipeline, da
             ]
             c = _alert_counts(shifted, alert_distance)
             sigmas = [k * r["sigma_m"] * 1e6 for r in rows if r.get("sigma_m") is not None]
-            sigma_margins[f"{k:g}"] = {
-                "miss": (c["missed"] / c["close"]) if c["close"] else None,
-                "false_alarm": (c["false_alarms"] / c["not_close"]) if c["not_close"] else None,
-                "mean_margin_um": float(np.mean(sigmas)),
-            }
+            sigma_margins[f"{k:g}"] = _rates(c) | {"mean_margin_um": float(np.mean(sigmas))}
     counts = _alert_counts(rows, alert_distance)
     worst = max((r["measured_m"] for r in rows if r["true_m"] < alert_distance), default=None)
     tips = [r["tip_error_um"] for r in measured if r["tip_error_um"] is not None]
@@ -263,6 +255,15 @@ def _alert_counts(rows: list[dict], alert_distance: float, on: float | None = No
         "missed": close.count(False),
         "not_close": len(far),
         "false_alarms": sum(far),
+    }
+
+
+def _rates(counts: dict) -> dict:
+    """The miss and false-alarm rates of ``_alert_counts`` (None where no frame counts)."""
+    c = counts
+    return {
+        "miss": (c["missed"] / c["close"]) if c["close"] else None,
+        "false_alarm": (c["false_alarms"] / c["not_close"]) if c["not_close"] else None,
     }
 
 
